@@ -1,0 +1,192 @@
+"""The one settings object for every `clickstream` command and the service.
+
+Values come from `CLICKSTREAM_*` environment variables, then from an optional TOML file named by
+`CLICKSTREAM_CONFIG` (or `--config`), then from the defaults below. The AWS endpoint, region and
+credentials are deliberately not here: botocore reads `AWS_ENDPOINT_URL`,
+`AWS_ENDPOINT_URL_<SERVICE>`, `AWS_REGION` and the credential chain itself, so production (ECS
+task role) and the local stack are configured the same way.
+
+Bad values are reported with the variable's name and the offending value, never a traceback:
+operators set these in task definitions and unit files, where a stack trace helps nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "CLICKSTREAM_"
+CONFIG_ENV = "CLICKSTREAM_CONFIG"
+
+_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+_TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
+_BUCKET_NAME = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def default_state_dir() -> Path:
+    """Durable by default (XDG state home): checkpoints must survive a reboot, so not /tmp or /run."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "clickstream"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "clickstream"
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be used; the message names each variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Field `foo_bar` is read from `CLICKSTREAM_FOO_BAR`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # Resources (DESIGN.md §9).
+    stream: str = Field("cafe-clickstream", description="Kinesis data stream name")
+    bucket: str = Field("cafe-clickstream-archive", description="S3 archive bucket")
+    lease_table: str = Field("cafe-clickstream-leases", description="DynamoDB lease table (KCL)")
+    shards: int = Field(2, ge=1, le=10_000, description="shard count when setup creates the stream")
+    dashboard: str = Field("cafe-clickstream", description="CloudWatch dashboard name")
+    metrics_namespace: str = Field("Clickstream", min_length=1, max_length=255)
+
+    # Local files.
+    state_dir: Path = Field(default_factory=default_state_dir)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    geoip_db: Path | None = Field(
+        None, description="MaxMind/DB-IP City .mmdb; the embedded database when unset"
+    )
+
+    # Logging.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, value: str) -> str:
+        if not _STREAM_NAME.match(value):
+            raise ValueError("must be 1-128 characters of letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("lease_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError("must be 3-255 characters of letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not _BUCKET_NAME.match(value):
+            raise ValueError(
+                "must be a valid S3 bucket name: 3-63 lowercase letters, digits, '.', '-'"
+            )
+        return value
+
+    @field_validator("geoip_db")
+    @classmethod
+    def _geoip_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("is not a readable file")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning every validation problem into one readable `SettingsError`."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(config_file)
+    path = os.environ.get(CONFIG_ENV)
+    if path and not Path(path).is_file():
+        raise SettingsError(f"{CONFIG_ENV} names {path!r}, which is not a readable file")
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.startswith(ENV_PREFIX)
+        and name != CONFIG_ENV
+        and name[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise SettingsError("\n".join(f"{name} is not a known setting" for name in unknown))
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+    except (OSError, ValueError) as exc:  # a TOML file that does not parse
+        raise SettingsError(f"cannot read {CONFIG_ENV} file {path!r}: {exc}") from None
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem: 'CLICKSTREAM_SHARDS must be >= 1, got 0'."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc") or ("?",)
+        name = env_name(str(loc[0]))
+        got = error.get("input")
+        lines.append(f"{name} {_phrase(error)}, got {got!r}")
+    return "\n".join(lines)
+
+
+def _phrase(error: Any) -> str:
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+    bounds["less_than_equal"] = "<="
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}"
+    if kind == "extra_forbidden":
+        return "is not a known setting"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')}"
+    if kind in {"int_parsing", "int_from_float", "int_type"}:
+        return "must be a whole number"
+    if kind in {"float_parsing", "float_type"}:
+        return "must be a number"
+    if kind in {"bool_parsing", "bool_type"}:
+        return "must be true or false"
+    if kind in {"string_too_short", "string_too_long"}:
+        return error.get("msg", "has the wrong length").lower().replace("string should", "must")
+    if kind == "value_error":
+        return str(ctx.get("error", error.get("msg", "is invalid")))
+    return error.get("msg", "is invalid")
