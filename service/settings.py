@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,9 +33,13 @@ _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 _TABLE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{3,255}$")
 _BUCKET_NAME = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
+# The TOML file for the settings being built; set only inside `load_settings`, so a `--config`
+# option never leaks into the process environment.
+_config_file: ContextVar[Path | None] = ContextVar("clickstream_config_file", default=None)
+
 
 def default_state_dir() -> Path:
-    """Durable by default (XDG state home): checkpoints must survive a reboot, so not /tmp or /run."""
+    """XDG state home: checkpoints must survive a reboot, so never /tmp or /run."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "clickstream"
 
@@ -122,19 +127,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_ENV)
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings, turning every validation problem into one readable `SettingsError`."""
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(config_file)
-    path = os.environ.get(CONFIG_ENV)
-    if path and not Path(path).is_file():
-        raise SettingsError(f"{CONFIG_ENV} names {path!r}, which is not a readable file")
+    path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"{CONFIG_ENV} names '{path}', which is not a readable file")
     unknown = sorted(
         name
         for name in os.environ
@@ -144,12 +147,15 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     )
     if unknown:
         raise SettingsError("\n".join(f"{name} is not a known setting" for name in unknown))
+    token = _config_file.set(path)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc)) from None
     except (OSError, ValueError) as exc:  # a TOML file that does not parse
-        raise SettingsError(f"cannot read {CONFIG_ENV} file {path!r}: {exc}") from None
+        raise SettingsError(f"cannot read {CONFIG_ENV} file '{path}': {exc}") from None
+    finally:
+        _config_file.reset(token)
 
 
 def env_name(field: str) -> str:
