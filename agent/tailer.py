@@ -1,0 +1,739 @@
+"""Following log files: a path or glob in, batches of complete lines in file order out.
+
+Three layers, from pure to I/O:
+
+- `cut_lines` turns a chunk of bytes into `Line`s (pure; the hot loop).
+- `FileTailer` reads one open file from a byte position with positioned bulk reads, keeps the
+  position on a line boundary (a partial last line is simply read again next time, so there is no
+  carry buffer to lose or to grow) and follows an over-long line without buffering it.
+- `GlobTailer` polls the path or glob, maps what it finds to open files by device+inode, and
+  decides for each file which content it holds (its fingerprint, see `agent.identity`) and where
+  reading starts. Rotation, truncation, copytruncate and reappearing files are all handled there,
+  by the same two rules: a file is followed through its open descriptor, never through its name;
+  and reading positions belong to a *content* (fingerprint), not to a file.
+
+Flow control: reading is pull-based (an async generator stops at `yield` when nobody asks for the
+next batch) and, before each read, waits on `FlowControl.wait_for_room()`, which the checkpoint
+side (`agent.positions.AckTracker`) blocks while too many bytes are read but not acknowledged. The
+file is the buffer: memory holds at most the in-flight budget plus one batch.
+
+Copytruncate, in detail. logrotate copies `access_log` to `access_log.1`, then truncates
+`access_log` to zero, and the web server keeps appending to it. The reader of `access_log` notices
+that the file no longer starts with its fingerprinted bytes (a size check alone would miss a file
+that already grew back past the old position). It gives up the old content's fingerprint and
+remembers the byte where it stopped. The copy starts with the same bytes, so it has the same
+fingerprint: whether it is found by the glob or by a look at the original's siblings, it continues
+from exactly that byte, so the lines written between the last read and the copy are read from the
+copy, and nothing read before is read again. The truncated file has new first bytes, hence a new
+fingerprint, and is read from 0. (Lines written after logrotate's copy and before its truncate are
+in neither file: that window is copytruncate's own, documented loss, and no tailer can read them.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fnmatch
+import glob
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.config import AgentConfig, OversizePolicy
+from agent.identity import Fingerprint, file_identity, read_fingerprint, still_holds
+from agent.models import FileIdentity, Line
+
+log = logging.getLogger(__name__)
+
+# Appended to a line cut at `max_line_bytes`; the consumer sees a line that does not parse and
+# counts it with its reason, instead of the agent silently dropping it.
+TRUNCATION_MARKER = b"...[clickstream:truncated]"
+
+
+@dataclass(slots=True)
+class LineBatch:
+    """Consecutive lines of one file, and the byte range [start, end) they account for.
+
+    `end` can lie past the last line's end when the batch closes with rejected (oversized) lines:
+    `skipped` lists those ranges, which are done without being shipped. A checkpoint may move over
+    them, and `AckTracker` does so as soon as the batch is issued.
+    """
+
+    file: FileIdentity
+    path: str
+    start: int
+    end: int
+    lines: list[Line]
+    skipped: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TailStats:
+    """Counters for the agent's metrics; plain ints so the hot path pays nothing for them."""
+
+    lines: int = 0
+    bytes: int = 0
+    truncated_lines: int = 0
+    rejected_lines: int = 0
+    files_opened: int = 0
+    files_closed: int = 0
+    rotations: int = 0  # a followed file lost its name (renamed or deleted)
+    truncations: int = 0  # a followed file's content was replaced (truncate, copytruncate)
+    unterminated_bytes: int = 0  # bytes after the last newline of a file closed for good
+    unfinished_copies: int = 0  # truncations whose old content's copy was not found
+
+
+class FlowControl(Protocol):
+    """What the tailer needs from the acknowledgement side; `AckTracker` provides it."""
+
+    def issued(self, batch: LineBatch) -> None:
+        """`batch` was read (possibly empty: that announces a file and its start position)."""
+
+    async def wait_for_room(self) -> None:
+        """Return when more bytes may be read; block while the in-flight budget is spent."""
+
+    def live(self, keys: Iterable[str]) -> None:
+        """The identities that exist on disk now (their checkpoints must be kept)."""
+
+
+class _NoFlowControl:
+    def issued(self, batch: LineBatch) -> None:
+        pass
+
+    async def wait_for_room(self) -> None:
+        pass
+
+    def live(self, keys: Iterable[str]) -> None:
+        pass
+
+
+class ProgressSink(Protocol):
+    def set_total(self, total_bytes: int) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def cut_lines(
+    identity: FileIdentity,
+    chunk: bytes,
+    offset: int,
+    max_line_bytes: int,
+    policy: OversizePolicy,
+    stats: TailStats,
+) -> tuple[list[Line], list[tuple[int, int]], int]:
+    """The complete lines of `chunk` (which starts at file byte `offset`).
+
+    Returns the lines, the rejected ranges and the offset just past the last newline; bytes after
+    it are a partial line and are left for the next read. This is the hot loop: one `split` per
+    chunk and one `Line` per line, nothing else per line unless a line is too long.
+    """
+    last_newline = chunk.rfind(b"\n")
+    if last_newline < 0:
+        return [], [], offset
+    parts = chunk[:last_newline].split(b"\n")
+    lines: list[Line] = []
+    skipped: list[tuple[int, int]] = []
+    append = lines.append
+    position = offset
+    if max(map(len, parts)) <= max_line_bytes:
+        for data in parts:
+            end = position + len(data) + 1
+            append(Line(identity, position, end, data))
+            position = end
+    else:
+        for data in parts:
+            end = position + len(data) + 1
+            if len(data) <= max_line_bytes:
+                append(Line(identity, position, end, data))
+            else:
+                oversized = oversized_line(identity, position, end, data, max_line_bytes, policy)
+                if oversized is None:
+                    skipped.append((position, end))
+                    stats.rejected_lines += 1
+                else:
+                    append(oversized)
+                    stats.truncated_lines += 1
+            position = end
+    return lines, skipped, position
+
+
+def oversized_line(
+    identity: FileIdentity,
+    offset: int,
+    end: int,
+    prefix: bytes,
+    max_line_bytes: int,
+    policy: OversizePolicy,
+) -> Line | None:
+    """The line to ship for an over-long line (its first bytes and the marker), None to reject.
+
+    The result is at most `max_line_bytes` long, marker included, so the shipper's record-size
+    arithmetic can rely on the limit.
+    """
+    if policy is OversizePolicy.REJECT:
+        return None
+    keep = max(0, max_line_bytes - len(TRUNCATION_MARKER))
+    return Line(identity, offset, end, prefix[:keep] + TRUNCATION_MARKER)
+
+
+class FileTailer:
+    """One open file: reads complete lines from `position` on, for one identity at a time.
+
+    Holds the file descriptor, not the name: after a rename the same object keeps reading the
+    renamed file to its end. `position` is always the start of the next line not yet read.
+    """
+
+    __slots__ = (
+        "_long_prefix",
+        "_long_scan",
+        "_long_start",
+        "backfill_until",
+        "chunk_bytes",
+        "device",
+        "fd",
+        "fingerprint",
+        "found_at_startup",
+        "identity",
+        "inode",
+        "last_growth",
+        "matched",
+        "max_line_bytes",
+        "maybe_more",
+        "path",
+        "policy",
+        "position",
+        "released_key",
+        "size",
+        "unmatched_since",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        device: int,
+        inode: int,
+        *,
+        chunk_bytes: int,
+        max_line_bytes: int,
+        policy: OversizePolicy,
+        now: float,
+    ) -> None:
+        self.path = path
+        self.fd = fd
+        self.device = device
+        self.inode = inode
+        self.chunk_bytes = chunk_bytes
+        self.max_line_bytes = max_line_bytes
+        self.policy = policy
+        self.fingerprint: Fingerprint | None = None
+        self.identity: FileIdentity | None = None
+        self.position = 0
+        self.size = 0
+        self.last_growth = now
+        self.matched = True
+        self.unmatched_since = now
+        self.maybe_more = False
+        self.found_at_startup = False
+        self.backfill_until = 0
+        # The key this file held before its content was replaced (it must not resume it).
+        self.released_key: str | None = None
+        # An over-long line being followed: where it starts, how far it was scanned, its head.
+        self._long_start: int | None = None
+        self._long_scan = 0
+        self._long_prefix = b""
+
+    @property
+    def resume_position(self) -> int:
+        """Where reading would start again: the current line, even if it is half scanned."""
+        return self.position if self._long_start is None else self._long_start
+
+    def start(self, fingerprint: Fingerprint, identity: FileIdentity, position: int) -> None:
+        self.fingerprint = fingerprint
+        self.identity = identity
+        self.position = position
+        self._long_start = None
+        self.maybe_more = True
+
+    def forget_content(self) -> None:
+        """The file's content was replaced (truncated): what it held is no longer here."""
+        self.released_key = self.identity.key if self.identity is not None else None
+        self.fingerprint = None
+        self.identity = None
+        self.position = 0
+        self._long_start = None
+        self._long_prefix = b""
+        self.maybe_more = False
+
+    def read_batch(self, stats: TailStats) -> LineBatch | None:
+        """The next complete lines, or None when there are none yet (end of file or half a line).
+
+        One positioned read of `chunk_bytes`; the bytes after the last newline are read again next
+        time rather than kept, which keeps `position` on a line boundary at all times.
+        """
+        identity = self.identity
+        if identity is None:
+            return None
+        if self._long_start is not None:
+            return self._follow_long_line(identity, stats)
+        start = self.position
+        chunk = os.pread(self.fd, self.chunk_bytes, start)
+        if not chunk:
+            return None
+        lines, skipped, end = cut_lines(
+            identity, chunk, start, self.max_line_bytes, self.policy, stats
+        )
+        if end == start:
+            # No newline in the chunk. Over the limit (or a full chunk with no end in sight): the
+            # line is followed without being kept whole. Otherwise: half a line, wait for the rest.
+            if len(chunk) > self.max_line_bytes or len(chunk) == self.chunk_bytes:
+                self._long_start = start
+                self._long_scan = start + len(chunk)
+                self._long_prefix = chunk[: self.max_line_bytes + 1]
+                return self._follow_long_line(identity, stats)
+            return None
+        self.position = end
+        stats.lines += len(lines)
+        stats.bytes += end - start
+        return LineBatch(identity, self.path, start, end, lines, skipped)
+
+    def _follow_long_line(self, identity: FileIdentity, stats: TailStats) -> LineBatch | None:
+        """Scan an over-long line for its newline, keeping at most its first bytes in memory."""
+        start = self._long_start
+        assert start is not None
+        limit = self.max_line_bytes + 1
+        while True:
+            chunk = os.pread(self.fd, self.chunk_bytes, self._long_scan)
+            if not chunk:
+                return None  # the line is not finished yet: never ship half a line
+            newline = chunk.find(b"\n")
+            take = len(chunk) if newline < 0 else newline
+            if len(self._long_prefix) < limit:
+                self._long_prefix += chunk[: min(take, limit - len(self._long_prefix))]
+            if newline < 0:
+                self._long_scan += len(chunk)
+                continue
+            end = self._long_scan + newline + 1
+            data = self._long_prefix
+            self._long_start = None
+            self._long_prefix = b""
+            self.position = end
+            stats.bytes += end - start
+            if end - 1 - start <= self.max_line_bytes:
+                stats.lines += 1
+                whole = Line(identity, start, end, data)
+                return LineBatch(identity, self.path, start, end, [whole])
+            line = oversized_line(identity, start, end, data, self.max_line_bytes, self.policy)
+            if line is None:
+                stats.rejected_lines += 1
+                return LineBatch(identity, self.path, start, end, [], [(start, end)])
+            stats.truncated_lines += 1
+            stats.lines += 1
+            return LineBatch(identity, self.path, start, end, [line])
+
+    def last_line_end(self) -> int:
+        """The offset just past the file's last newline: 'start at the end' without half a line."""
+        end = self.size
+        while end > 0:
+            begin = max(0, end - self.chunk_bytes)
+            newline = os.pread(self.fd, end - begin, begin).rfind(b"\n")
+            if newline >= 0:
+                return begin + newline + 1
+            end = begin
+        return 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _holds(fd: int, digest: str) -> bool:
+    try:
+        fingerprint = read_fingerprint(fd)
+    except OSError:
+        return False
+    return fingerprint is not None and fingerprint.digest == digest
+
+
+class GlobTailer:
+    """Follows every file a path or glob matches; yields `LineBatch`es, each in file order.
+
+    `saved` maps identity keys to checkpointed offsets; None means there is no checkpoint file at
+    all (the agent's first run), the only case where `from_start=False` skips existing content.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        saved: Mapping[str, int] | None = None,
+        flow: FlowControl | None = None,
+        progress: ProgressSink | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = TailStats()
+        self._saved = dict(saved) if saved is not None else {}
+        self._first_run = saved is None
+        self._flow: FlowControl = flow if flow is not None else _NoFlowControl()
+        self._progress = progress
+        self._backfill_left = 0
+        # Open files by (device, inode); the reader currently reading each content (fingerprint).
+        self._files: dict[tuple[int, int], FileTailer] = {}
+        self._holders: dict[str, FileTailer] = {}
+        # Where reading stopped in contents no file holds right now (truncated away, closed).
+        self._stopped_at: dict[str, tuple[int, float]] = {}
+        self._scanned_at = 0.0
+        self._turn = 0
+        self._closed = False
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> GlobTailer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for reader in self._files.values():
+            reader.close()
+        self._files.clear()
+        self._holders.clear()
+        if self._progress is not None:
+            self._progress.close()
+        self._closed = True
+
+    # Reading ---------------------------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[LineBatch]:
+        """Batches of new lines, forever (until `close()`); polls when every file is at its end."""
+        interval = self.config.poll_interval_s
+        self.scan(startup=True)
+        while not self._closed:
+            progressed = False
+            readers = list(self._files.values())
+            if readers:
+                # Start each pass one file further, so a busy file cannot starve the others.
+                self._turn = (self._turn + 1) % len(readers)
+                readers = readers[self._turn :] + readers[: self._turn]
+            for reader in readers:
+                if not reader.maybe_more or reader.identity is None:
+                    continue
+                if reader.fd < 0:
+                    continue
+                await self._flow.wait_for_room()
+                if self._closed:
+                    return
+                batch = reader.read_batch(self.stats)
+                if batch is None:
+                    reader.maybe_more = False
+                    continue
+                progressed = True
+                self._issue(reader, batch)
+                if batch.lines:
+                    yield batch
+                else:
+                    await asyncio.sleep(0)
+                if time.monotonic() - self._scanned_at >= interval:
+                    break
+            elapsed = time.monotonic() - self._scanned_at
+            if not progressed and elapsed < interval:
+                await asyncio.sleep(interval - elapsed)
+            if time.monotonic() - self._scanned_at >= interval:
+                self.scan()
+
+    def poll(self) -> list[LineBatch]:
+        """One scan, then every complete line readable now, ignoring flow control.
+
+        The synchronous core of `batches()`, for deterministic tests and one-shot tools.
+        """
+        self.scan(startup=self._scanned_at == 0.0)
+        batches: list[LineBatch] = []
+        for reader in list(self._files.values()):
+            while reader.identity is not None and reader.maybe_more:
+                batch = reader.read_batch(self.stats)
+                if batch is None:
+                    reader.maybe_more = False
+                    break
+                self._issue(reader, batch)
+                if batch.lines:
+                    batches.append(batch)
+        return batches
+
+    def _issue(self, reader: FileTailer, batch: LineBatch) -> None:
+        self._flow.issued(batch)
+        if self._progress is not None and batch.start < reader.backfill_until:
+            done = min(batch.end, reader.backfill_until) - batch.start
+            self._backfill_left -= done
+            self._progress.advance(done)
+            if self._backfill_left <= 0:
+                self._progress.close()
+                self._progress = None
+
+    # Scanning --------------------------------------------------------------------------------
+
+    def scan(self, startup: bool = False) -> None:
+        """Match the path or glob, follow renames and deletions, detect replaced content."""
+        now = time.monotonic()
+        self._scanned_at = now
+        seen: set[tuple[int, int]] = set()
+        for path in self._matching_paths():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # vanished between the listing and the stat: next scan
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue  # a second name (hard link, symlink) of a file already followed
+            seen.add(key)
+            reader = self._files.get(key)
+            if reader is None:
+                reader = self._open(path, now, startup)
+                if reader is None:
+                    continue
+                seen.add((reader.device, reader.inode))
+            reader.path = path
+            reader.matched = True
+        for key, reader in list(self._files.items()):
+            if key not in seen and reader.matched:
+                reader.matched = False
+                reader.unmatched_since = now
+                self.stats.rotations += 1
+                log.info("%s was renamed or deleted; reading it to its end", reader.path)
+            self._refresh(reader, now, startup)
+        self._adopt_orphans()
+        self._close_finished(now)
+        self._flow.live(
+            {r.fingerprint.digest for r in self._files.values() if r.fingerprint is not None}
+        )
+        if startup and self._progress is not None:
+            self._backfill_left = sum(
+                max(0, r.backfill_until - r.position) for r in self._files.values()
+            )
+            self._progress.set_total(self._backfill_left)
+            if self._backfill_left == 0:
+                self._progress.close()
+                self._progress = None
+
+    def _matching_paths(self) -> list[str]:
+        pattern = self.config.path
+        paths = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
+        exclude = self.config.exclude
+        return sorted(
+            p for p in paths if not any(fnmatch.fnmatch(os.path.basename(p), x) for x in exclude)
+        )
+
+    def _open(self, path: str, now: float, startup: bool) -> FileTailer | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                log.warning("cannot open %s: %s", path, exc)
+            return None
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key in self._files:  # the name now points to a file already followed
+            os.close(fd)
+            return self._files[key]
+        reader = self._open_fd(path, fd, now)
+        reader.found_at_startup = startup
+        return reader
+
+    def _refresh(self, reader: FileTailer, now: float, startup: bool) -> None:
+        try:
+            size = os.fstat(reader.fd).st_size
+        except OSError:
+            size = 0
+        if reader.fingerprint is not None and (
+            size < reader.resume_position or not still_holds(reader.fd, reader.fingerprint)
+        ):
+            self._content_replaced(reader, now)
+        if size > reader.size:
+            reader.last_growth = now
+        reader.size = size
+        if reader.fingerprint is None and size > 0:
+            fingerprint = read_fingerprint(reader.fd)
+            if fingerprint is not None:
+                self._assign(reader, fingerprint, startup)
+        if reader.identity is not None and size > reader.position:
+            reader.maybe_more = True
+
+    def _content_replaced(self, reader: FileTailer, now: float) -> None:
+        """Truncation or copytruncate: the old content lives on (if at all) in a copy."""
+        assert reader.fingerprint is not None
+        digest = reader.fingerprint.digest
+        self.stats.truncations += 1
+        log.info(
+            "%s was truncated at byte %d; reading it again from 0", reader.path, reader.position
+        )
+        if self._holders.get(digest) is reader:
+            del self._holders[digest]
+            self._stopped_at[digest] = (reader.resume_position, now)
+            if not self._find_copy(reader, digest):
+                self.stats.unfinished_copies += 1
+        reader.forget_content()
+
+    def _find_copy(self, original: FileTailer, digest: str) -> bool:
+        """Look for the old content's copy next to the original (`access_log.1`, `-20240101`).
+
+        A copy that the glob matches would be found anyway; this finds one it does not, so a
+        single-path configuration loses nothing either.
+        """
+        directory, name = os.path.split(original.path)
+        try:
+            siblings = sorted(os.listdir(directory or "."))
+        except OSError:
+            return False
+        exclude = self.config.exclude
+        for sibling in siblings:
+            if sibling == name or not sibling.startswith(name):
+                continue
+            if any(fnmatch.fnmatch(sibling, pattern) for pattern in exclude):
+                continue
+            path = os.path.join(directory, sibling)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            known = self._files.get((st.st_dev, st.st_ino))
+            if known is not None:
+                # Already open (matched by the glob, maybe a standby duplicate): it takes over
+                # when `scan` refreshes it or `_adopt_orphans` runs.
+                if known is not original and _holds(known.fd, digest):
+                    log.info("continuing %s's old content in its copy %s", original.path, path)
+                    return True
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            if not _holds(fd, digest):
+                os.close(fd)
+                continue
+            now = time.monotonic()
+            reader = self._open_fd(path, fd, now)
+            reader.matched = False  # not ours to follow: read to its end, then close
+            self._refresh(reader, now, startup=False)
+            log.info("continuing %s's old content in its copy %s", original.path, path)
+            return True
+        log.warning(
+            "%s was truncated and no copy of its old content was found: lines written after the"
+            " last read and before the truncation are lost",
+            original.path,
+        )
+        return False
+
+    def _open_fd(self, path: str, fd: int, now: float) -> FileTailer:
+        st = os.fstat(fd)
+        config = self.config
+        reader = FileTailer(
+            path,
+            fd,
+            st.st_dev,
+            st.st_ino,
+            chunk_bytes=config.read_chunk_bytes,
+            max_line_bytes=config.max_line_bytes,
+            policy=config.oversize_policy,
+            now=now,
+        )
+        self._files[(st.st_dev, st.st_ino)] = reader
+        self.stats.files_opened += 1
+        return reader
+
+    def _assign(self, reader: FileTailer, fingerprint: Fingerprint, startup: bool) -> None:
+        """Decide which content a file holds and where reading it starts."""
+        digest = fingerprint.digest
+        holder = self._holders.get(digest)
+        if holder is not None and holder is not reader:
+            # Same content as a file being read (a copy not yet followed by a truncation, a
+            # backup): read it once. Kept as a standby in case the holder's content is replaced.
+            reader.fingerprint = fingerprint
+            return
+        stopped = self._stopped_at.pop(digest, None)
+        if reader.released_key == digest:
+            # The same file's content was replaced by content that starts with the same bytes.
+            position = 0
+            if stopped is not None:
+                self._stopped_at[digest] = stopped
+        elif stopped is not None:
+            position = stopped[0]
+        elif digest in self._saved:
+            position = self._saved[digest]
+            if position > reader.size:
+                log.warning(
+                    "%s is shorter than its checkpoint (%d > %d bytes); reading it from 0",
+                    reader.path,
+                    position,
+                    reader.size,
+                )
+                position = 0
+        elif startup and self._first_run and not self.config.from_start:
+            position = reader.last_line_end()
+        else:
+            position = 0
+        reader.released_key = None
+        reader.start(fingerprint, file_identity(os.fstat(reader.fd), fingerprint), position)
+        if startup and self.config.from_start:
+            reader.backfill_until = reader.size
+        self._holders[digest] = reader
+        assert reader.identity is not None
+        self._issue(reader, LineBatch(reader.identity, reader.path, position, position, []))
+
+    def _adopt_orphans(self) -> None:
+        """A standby copy whose content nobody reads any more takes over where reading stopped."""
+        for reader in list(self._files.values()):
+            fingerprint = reader.fingerprint
+            if fingerprint is None or reader.identity is not None:
+                continue
+            if fingerprint.digest not in self._holders:
+                reader.fingerprint = None
+                self._assign(reader, fingerprint, startup=False)
+
+    def _close_finished(self, now: float) -> None:
+        """Close files that lost their name and were read to their end `rotate_wait_s` ago."""
+        wait = self.config.rotate_wait_s
+        for key, reader in list(self._files.items()):
+            if reader.matched:
+                continue
+            if reader.identity is not None:
+                if reader.maybe_more or now - reader.last_growth < wait:
+                    continue
+                if now - reader.unmatched_since < wait:
+                    continue
+                # maybe_more is False: read to the end. Anything left is an unterminated line.
+                left = reader.size - reader.position
+                if left > 0:
+                    self.stats.unterminated_bytes += left
+                    log.warning(
+                        "%s ended with %d bytes without a newline; not shipped (never half a line)",
+                        reader.path,
+                        left,
+                    )
+                digest = reader.identity.key
+                if self._holders.get(digest) is reader:
+                    del self._holders[digest]
+                    self._stopped_at[digest] = (reader.resume_position, now)
+            reader.close()
+            del self._files[key]
+            self.stats.files_closed += 1
+        # Positions of contents that are gone for good need not be remembered forever.
+        forget = self.config.forget_after_s
+        for digest, (_, at) in list(self._stopped_at.items()):
+            if now - at > forget:
+                del self._stopped_at[digest]
+
+    # Introspection (tests, metrics) ----------------------------------------------------------
+
+    def followed(self) -> dict[str, tuple[str, int]]:
+        """Identity key -> (path, read position) of every file being read."""
+        return {key: (reader.path, reader.position) for key, reader in self._holders.items()}
