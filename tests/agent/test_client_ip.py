@@ -1,0 +1,39 @@
+import pytest
+
+from agent.client_ip import client_ip, json_remote_ip
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'1.2.3.4 - - [22/Feb/2023:03:38:18 +0000] "GET /cafe HTTP/1.1" 200 5', "1.2.3.4"),
+        (b'2001:DB8::1 - - [22/Feb/2023:03:38:18 +0000] "GET / HTTP/1.1" 200 5', "2001:db8::1"),
+        (b"9.8.7.6", "9.8.7.6"),
+        (b'{"time": "2023-02-22 03:38:18", "remoteIP": "5.6.7.8", "request": "/"}', "5.6.7.8"),
+        (b'{"time":"2023-02-22 03:38:18","remoteIP":"::1","request":"/"}', "::1"),
+    ],
+)
+def test_client_ip_of_known_formats(line: bytes, expected: str) -> None:
+    assert client_ip(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"garbage line",
+        b"\xff\xfe - - bad",
+        b"www.example.com - - [22/Feb/2023:03:38:18 +0000] hostname lookups",
+        b'{"time": "2023-02-22", "request": "/"}',
+        b'{"remoteIP": 12, "x": "1.2.3.4"}',
+        b'{"remoteIP": "not-an-ip"}',
+        b'{"remoteIP": "1.2.3.4',
+        b"999.1.1.1 - -",
+    ],
+)
+def test_no_client_ip(line: bytes) -> None:
+    assert client_ip(line) is None
+
+
+def test_json_value_is_taken_raw() -> None:
+    assert json_remote_ip(b'{"remoteIP" : "1.2.3.4"}') == b"1.2.3.4"
