@@ -1,0 +1,699 @@
+"""Parse one access-log line into a `Hit`, or say exactly why it is not one (`Rejection`).
+
+Pure (no I/O; the only state is memo caches, which never change an answer) and it never raises:
+the consumer must keep going whatever a café's log holds, so every malformed line becomes a
+`Rejection` with a reason from a closed set (see `consumers.models.RejectionReason`).
+
+Three grammars, told apart by the first byte:
+
+- Apache *combined* `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"`, optionally followed
+  by a quoted `"%{X-Forwarded-For}i"` (the usual addition behind a load balancer);
+- Apache *common*: the same without referer and user agent;
+- the course lab's JSON `LogFormat` named `cloudwatch` (a line starting with `{`).
+
+Speed: the whole processing path must do >= 150,000 lines/s on one core, so the parser gets a
+small share of that. The common case (a well-formed combined line without backslashes) costs a
+handful of `str.find` / `str.split` calls and dictionary look-ups: client addresses, timestamps
+and status codes are validated once and memoised; no regular expression runs per line. Quoted
+fields containing backslashes take a slower, exact path that honours Apache's escapes.
+
+Decisions (each one is tested):
+
+- **Invalid UTF-8** is decoded with `backslashreplace`: each bad byte becomes the text `\\xhh`,
+  which is exactly how Apache itself writes a non-printable byte in a log field. A line whose
+  structure is intact (say, a stray Latin-1 byte in a user agent) is therefore still a `Hit`,
+  every text in it is valid Unicode that the archive and JSON encoders accept, and the original
+  bytes remain readable. A line that is not valid UTF-8 *and* does not parse is rejected as
+  `invalid_utf8` (binary junk, a corrupted block), whatever else is wrong with it.
+- **A request of `"-"`** (or `""`) is a `Hit` with `method`, `path`, `query` and `protocol` None.
+  Apache writes it when a connection sent no request line (a 408 after a browser's speculative
+  preconnect, a health check that only opened a socket): a well-formed record of a real client,
+  not a broken line. It is never a page view because it has no path.
+- **Odd request lines** are data when the line's structure is intact: `PROPFIND`, `get`, a
+  garbage token, HTTP/0.9 (`GET /`), a path with spaces. Only the structure decides rejection.
+- **Escapes**: inside quoted fields `\\"` and `\\\\` are undone (Apache escapes `"` and `\\` so
+  they cannot break its syntax); any other escape (`\\x1b`, `\\n`) stays as text. A quote that is
+  not escaped ends the field; a line that then does not fit its format is `bad_syntax`.
+- **Client address**: must be a valid IPv4 or IPv6 address (a hostname from `HostnameLookups On`
+  is `bad_ip`); it is canonicalised so that one client has one spelling.
+- **Times**: Apache's `[dd/Mon/yyyy:HH:MM:SS +zzzz]` honours its offset; the lab's naive
+  `2023-02-22 03:38:18` is read as UTC (the lab's EC2 instance ran in UTC); the ISO form with
+  `Z` or an offset is honoured.
+- **Length**: lines over `MAX_LINE_BYTES` are `too_long` without being scanned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Any, Final
+
+import orjson
+
+from consumers.models import (
+    FileGeo,
+    Hit,
+    LogFormat,
+    Rejection,
+    RejectionReason,
+    mutable_twin,
+    new_hit,
+)
+
+MAX_LINE_BYTES: Final = 64 * 1024
+"""Longest line looked at. Apache caps a request line and each header at 8,190 bytes by default
+(`LimitRequestLine`, `LimitRequestFieldSize`), and escaping can at most quadruple them, so a
+genuine combined line stays well under this; anything longer is junk or an attack, and refusing
+it up front keeps the cost of a hostile line bounded."""
+
+_DETAIL_CHARS: Final = 80
+_CACHE_LIMIT: Final = 65_536  # entries per memo; cleared wholesale when full (cheap, rare)
+_LONGEST_ADDRESS: Final = 64  # longer than any IPv6 text with a zone id worth accepting
+_WHITESPACE: Final = b" \t\r\n"
+_MONTHS: Final = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_STATUS: Final = {str(code): code for code in range(100, 600)}
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_MutableHit: Final = mutable_twin(Hit)  # see consumers.models.fast_constructor
+
+# An Apache `\xhh` escape (a backslash preceded by an even number of backslashes, then `x`) is
+# not valid JSON; Apache's JSON log formats write it anyway for non-printable bytes.
+_JSON_HEX_ESCAPE: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\x")
+
+_LONGEST_MEMO_KEY: Final = 256  # longer texts are parsed every time rather than remembered
+
+_Head = tuple[str, str | None, str | None, float, int]  # client_ip, ident, user, time, offset
+_Request = tuple[str | None, str | None, str | None, str | None]  # method, path, query, protocol
+
+# Memo caches. Keys are bounded in length, and each cache is cleared when it reaches
+# _CACHE_LIMIT, so memory stays bounded whatever the input (a few tens of MB at worst).
+_heads: dict[str, _Head] = {}  # 'host ident user [time] ' -> its fields
+_requests: dict[str, _Request] = {}  # request line -> its fields
+_status_sizes: dict[str, tuple[int, int]] = {}  # ' 200 5326 ' -> (status, bytes)
+_addresses: dict[str, str] = {}  # text -> canonical address, or "" when not an address
+_apache_stamps: dict[str, tuple[float, int]] = {}  # 'dd/Mon/yyyy:HH:MM:SS +zzzz' -> time
+_apache_hours: dict[str, int] = {}  # 'dd/Mon/yyyy:HH' -> epoch of that hour, naive
+_iso_seconds: dict[str, float] = {}  # 'yyyy-mm-dd HH:MM:SS' (or with T) -> epoch, naive
+
+
+def parse_line(raw: bytes) -> Hit | Rejection:
+    """Parse one line (with or without its line ending); never raises."""
+    if len(raw) > MAX_LINE_BYTES:
+        return Rejection("too_long", f"{len(raw)} bytes, limit {MAX_LINE_BYTES}")
+    line = raw.strip(_WHITESPACE)
+    if not line:
+        return Rejection("empty", "")
+    if line[0] == 0x7B:  # "{"
+        return _parse_json(line)
+    try:
+        text = line.decode()
+    except UnicodeDecodeError:
+        return _unless_parsed(_parse_access_line(line.decode("utf-8", "backslashreplace")))
+    return _parse_combined_quickly(text) or _parse_access_line(text)
+
+
+def parse_lines(lines: Iterable[bytes]) -> list[Hit | Rejection]:
+    """Parse a batch (e.g. the lines of one Kinesis record), one result per line, in order."""
+    parse = parse_line
+    return [parse(raw) for raw in lines]
+
+
+# -- Apache combined / common ---------------------------------------------------------------------
+
+
+def _parse_combined_quickly(s: str) -> Hit | None:
+    """The fast path: a plain combined line, or None to let `_parse_access_line` decide.
+
+    It accepts only lines on which `_parse_access_line` returns the very same `Hit` (no
+    backslash, exactly the combined field layout) and leaves every other line, and every
+    rejection, to that careful path. One `split('"')` cuts the line; the three pieces that repeat
+    across lines (the head before the request, the request, and status with size) are looked up
+    in memos, so a typical line costs a split, three dictionary look-ups and the `Hit` itself.
+    """
+    parts = s.split('"')
+    if len(parts) != 7 or parts[4] != " " or parts[6] or "\\" in s:
+        return None
+    head = _heads.get(parts[0])
+    if head is None:
+        head = _parse_head(parts[0])
+        if head is None:
+            return None
+    status_and_size = _status_sizes.get(parts[2])
+    if status_and_size is None:
+        status_and_size = _parse_status_and_size(parts[2])
+        if status_and_size is None:
+            return None
+    request = _requests.get(parts[1])
+    if request is None:
+        request = _request_fields(parts[1])
+    referer = parts[3]
+    user_agent = parts[5]
+    hit = _MutableHit(
+        *head,
+        *request,
+        *status_and_size,
+        None if referer == "-" else referer,
+        None if user_agent == "-" else user_agent,
+        None,
+        "combined",
+        None,
+    )
+    hit.__class__ = Hit
+    return hit  # type: ignore[return-value]
+
+
+def _parse_head(head: str) -> _Head | None:
+    """`host ident user [time] ` as (client_ip, ident, user, time, utc_offset_minutes); memoised.
+
+    None for anything `_parse_access_line` would not accept in exactly this layout.
+    """
+    sp = head.find(" ")
+    if sp <= 0 or len(head) < sp + 34 or not head.endswith("] ") or head[-30:-28] != " [":
+        return None
+    client_ip = _addresses.get(head[:sp])
+    if client_ip is None:
+        client_ip = _canonical_address(head[:sp])
+    stamp = head[-28:-2]
+    when = _apache_stamps.get(stamp)
+    if when is None:
+        when = _apache_time(stamp)
+    identity = head[sp + 1 : -30].split(" ")
+    if not client_ip or when is None or len(identity) != 2 or not identity[0] or not identity[1]:
+        return None
+    ident, user = identity
+    result = (
+        client_ip,
+        None if ident == "-" else ident,
+        None if user == "-" else user,
+        when[0],
+        when[1],
+    )
+    if len(head) <= _LONGEST_MEMO_KEY:
+        if len(_heads) >= _CACHE_LIMIT:
+            _heads.clear()
+        _heads[head] = result
+    return result
+
+
+def _parse_status_and_size(between: str) -> tuple[int, int] | None:
+    """` 200 5326 ` (between a combined line's request and referer) as (status, bytes); memoised."""
+    words = between.split(" ")
+    if len(words) != 4 or words[0] or words[3]:
+        return None
+    status = _STATUS.get(words[1])
+    bytes_sent = _size(words[2])
+    if status is None or bytes_sent is None:
+        return None
+    result = (status, bytes_sent)
+    if len(between) <= _LONGEST_MEMO_KEY:
+        if len(_status_sizes) >= _CACHE_LIMIT:
+            _status_sizes.clear()
+        _status_sizes[between] = result
+    return result
+
+
+def _size(text: str) -> int | None:
+    """`%b`: digits, or `-`, which is Apache's way of writing 0."""
+    if text == "-":
+        return 0
+    if text.isdigit() and text.isascii() and len(text) <= 19:
+        return int(text)
+    return None
+
+
+def _parse_access_line(s: str) -> Hit | Rejection:
+    """Parse `%h %l %u %t "%r" %>s %b ["%{Referer}i" "%{User-Agent}i" ["%{X-Forwarded-For}i"]]`.
+
+    The careful path: any line, escapes honoured, and for a line that does not parse, the reason
+    of the first field (in line order) that is wrong.
+    """
+    sp = s.find(" ")
+    if sp < 0:
+        if _canonical_address(s):
+            return Rejection("truncated", "line ends after the client address")
+        return Rejection("unknown_format", _clip(s))
+    host = s[:sp]
+    client_ip = _addresses.get(host)
+    if client_ip is None:
+        client_ip = _canonical_address(host)
+    if not client_ip:
+        if " [" in s and '] "' in s:
+            return Rejection("bad_ip", _clip(host))
+        return Rejection("unknown_format", _clip(s))
+
+    lb = s.find(" [", sp)
+    if lb < 0:
+        return Rejection("truncated", "no [time] field")
+    identity = s[sp + 1 : lb].split(" ")
+    if len(identity) != 2 or not identity[0] or not identity[1]:
+        return Rejection("bad_syntax", "expected 'ident user' between address and [time]")
+    ident, user = identity
+    rb = s.find("]", lb)
+    if rb < 0:
+        return Rejection("truncated", "unterminated [time] field")
+    stamp = s[lb + 2 : rb]
+    when = _apache_stamps.get(stamp)
+    if when is None:
+        when = _apache_time(stamp)
+        if when is None:
+            return Rejection("bad_timestamp", _clip(stamp))
+    if s[rb + 1 : rb + 3] != ' "':
+        if len(s) <= rb + 2:
+            return Rejection("truncated", "line ends after [time]")
+        return Rejection("bad_syntax", "expected ' \"' after [time]")
+
+    rest = s[rb + 2 :]  # from the request's opening quote
+    if "\\" in rest:
+        parts = _split_escaped(rest)
+        if parts is None:
+            return Rejection("truncated", "unterminated quoted field")
+    else:
+        parts = rest.split('"')
+        if not len(parts) & 1:
+            return Rejection("truncated", "unterminated quoted field")
+    n = len(parts)
+
+    words = parts[2].split(" ")
+    if n == 3:  # common: the line ends after %b
+        if len(words) != 3 or words[0]:
+            if len(words) < 3 and not words[0]:
+                return Rejection("truncated", "line ends before status and size")
+            return Rejection("bad_syntax", _clip(parts[2]))
+    elif len(words) != 4 or words[0] or words[3]:
+        return Rejection("bad_syntax", _clip(parts[2]))
+    status = _STATUS.get(words[1])
+    if status is None:
+        return Rejection("bad_status", _clip(words[1]))
+    bytes_sent = _size(words[2])
+    if bytes_sent is None:
+        return Rejection("bad_bytes", _clip(words[2]))
+
+    forwarded_for = referer = user_agent = None
+    if n == 3:
+        log_format: LogFormat = "common"
+    elif n == 7 and parts[4] == " " and not parts[6]:
+        log_format = "combined"
+    elif n == 9 and parts[4] == " " and parts[6] == " " and not parts[8]:
+        log_format = "combined"
+        forwarded_for = None if parts[7] == "-" else parts[7]
+    elif n == 5 and not parts[4]:
+        return Rejection("truncated", "line ends after the referer")
+    else:
+        return Rejection("bad_syntax", f"{n // 2} quoted fields")
+    if n > 3:
+        referer = None if parts[3] == "-" else parts[3]
+        user_agent = None if parts[5] == "-" else parts[5]
+
+    request = _requests.get(parts[1])
+    if request is None:
+        request = _request_fields(parts[1])
+    return new_hit(
+        client_ip,
+        None if ident == "-" else ident,
+        None if user == "-" else user,
+        when[0],
+        when[1],
+        *request,
+        status,
+        bytes_sent,
+        referer,
+        user_agent,
+        forwarded_for,
+        log_format,
+        None,
+    )
+
+
+def _request_fields(request: str) -> _Request:
+    """(method, path, query, protocol) of a request line, as Apache logged it; memoised.
+
+    Never fails: `"-"` and `""` (no request line at all) give all None; HTTP/0.9 (`GET /`) has
+    no protocol; a target with spaces (which Apache logs verbatim before answering 400) is
+    rejoined; a lone garbage token is the method. Only ASCII spaces separate words, as for
+    Apache. `path` is the target up to the first `?`, `query` what follows it.
+    """
+    words = request.split(" ")
+    if len(words) == 3 and words[0] and words[1] and words[2].startswith("HTTP/"):
+        method, target, protocol = words
+    else:
+        method, target, protocol = _split_odd_request(words)
+    if target is None:
+        result: _Request = (method, None, None, protocol)
+    else:
+        path, question_mark, query = target.partition("?")
+        result = (method, path, query if question_mark else None, protocol)
+    if len(request) <= _LONGEST_MEMO_KEY:
+        if len(_requests) >= _CACHE_LIMIT:
+            _requests.clear()
+        _requests[request] = result
+    return result
+
+
+def _split_odd_request(words: list[str]) -> tuple[str | None, str | None, str | None]:
+    """Method, target and protocol of a request line that is not `METHOD target HTTP/x`."""
+    words = [w for w in words if w]
+    if not words or words == ["-"]:
+        return None, None, None
+    method = words[0]
+    protocol = None
+    if len(words) > 1 and words[-1].startswith("HTTP/"):
+        protocol = words.pop()
+    target = " ".join(words[1:]) or None
+    return method, target, protocol
+
+
+def _split_escaped(rest: str) -> list[str] | None:
+    """`rest.split('"')` for a line whose quoted fields use Apache's backslash escapes.
+
+    Odd items are the quoted fields' contents with `\\"` and `\\\\` undone (other escapes are kept
+    as text); even items are what lies between them. None when a quoted field is unterminated.
+    Linear in the line's length, however many backslashes it holds.
+    """
+    parts: list[str] = []
+    pos = 0
+    while True:
+        opening = rest.find('"', pos)
+        if opening < 0:
+            parts.append(rest[pos:])
+            return parts
+        parts.append(rest[pos:opening])
+        chunks: list[str] = []
+        i = opening + 1
+        closing = rest.find('"', i)
+        while True:
+            if closing < 0:
+                return None
+            backslash = rest.find("\\", i, closing)
+            if backslash < 0:
+                chunks.append(rest[i:closing])
+                break
+            chunks.append(rest[i:backslash])
+            escaped = rest[backslash + 1 : backslash + 2]
+            if escaped == '"' or escaped == "\\":
+                chunks.append(escaped)
+                i = backslash + 2
+                if backslash + 1 == closing:  # that quote was data: look for the real one
+                    closing = rest.find('"', i)
+            else:
+                chunks.append("\\")
+                i = backslash + 1
+        parts.append("".join(chunks))
+        pos = closing + 1
+
+
+def _apache_time(stamp: str) -> tuple[float, int] | None:
+    """UTC epoch seconds and offset in minutes of `dd/Mon/yyyy:HH:MM:SS +zzzz`, memoised."""
+    if len(stamp) != 26:
+        return None
+    hour = _apache_hours.get(stamp[:14])
+    if hour is None:
+        hour = _apache_hour(stamp[:14])
+        if hour is None:
+            return None
+        if len(_apache_hours) >= _CACHE_LIMIT:
+            _apache_hours.clear()
+        _apache_hours[stamp[:14]] = hour
+    if stamp[14] != ":" or stamp[17] != ":" or stamp[20] != " " or stamp[21] not in "+-":
+        return None
+    minute, second, offset_hours, offset_minutes = (
+        stamp[15:17],
+        stamp[18:20],
+        stamp[22:24],
+        stamp[24:26],
+    )
+    if not _all_digits(minute, second, offset_hours, offset_minutes):
+        return None
+    m, sec, oh, om = int(minute), int(second), int(offset_hours), int(offset_minutes)
+    if m > 59 or sec > 59 or oh > 23 or om > 59:
+        return None
+    offset = oh * 60 + om
+    if stamp[21] == "-":
+        offset = -offset
+    result = (float(hour + m * 60 + sec - offset * 60), offset)
+    if len(_apache_stamps) >= _CACHE_LIMIT:
+        _apache_stamps.clear()
+    _apache_stamps[stamp] = result
+    return result
+
+
+def _apache_hour(day_hour: str) -> int | None:
+    """Epoch seconds (as if UTC) of `dd/Mon/yyyy:HH`, or None if it is not a real hour."""
+    if day_hour[2] != "/" or day_hour[6] != "/" or day_hour[11] != ":":
+        return None
+    day, year, hour = day_hour[0:2], day_hour[7:11], day_hour[12:14]
+    month = _MONTHS.get(day_hour[3:6])
+    if month is None or not _all_digits(day, year, hour) or int(hour) > 23:
+        return None
+    try:
+        ordinal = date(int(year), month, int(day)).toordinal()
+    except ValueError:
+        return None
+    return (ordinal - _EPOCH_ORDINAL) * 86400 + int(hour) * 3600
+
+
+def _all_digits(*texts: str) -> bool:
+    """True if every text is non-empty ASCII digits (`str.isdigit` alone accepts '²' and '٣')."""
+    return all(t.isdigit() and t.isascii() for t in texts)
+
+
+def _canonical_address(text: str) -> str:
+    """The canonical spelling of an IP address, or "" if `text` is not one; memoised.
+
+    IPv6 is compressed and lower-cased; an IPv4-mapped IPv6 address (what Apache logs for IPv4
+    clients on a dual-stack socket) becomes plain IPv4; a zone id (`%eth0`) is dropped. So one
+    client has one spelling, for the visitor key and for geolocation.
+    """
+    if len(text) > _LONGEST_ADDRESS:
+        return ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        canonical = ""
+    else:
+        if isinstance(address, ipaddress.IPv6Address):
+            mapped = address.ipv4_mapped
+            canonical = str(mapped) if mapped is not None else str(address).partition("%")[0]
+        else:
+            canonical = str(address)
+    if len(_addresses) >= _CACHE_LIMIT:
+        _addresses.clear()
+    _addresses[text] = canonical
+    return canonical
+
+
+# -- The course lab's JSON -------------------------------------------------------------------------
+
+
+def _parse_json(line: bytes) -> Hit | Rejection:
+    """Parse one line of the lab's JSON `LogFormat` (see `_hit_from_json` for the fields)."""
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return _parse_json_leniently(line, error)
+    if not isinstance(document, dict):
+        return Rejection("json_invalid", f"a JSON {type(document).__name__}, not an object")
+    return _hit_from_json(document)
+
+
+def _parse_json_leniently(line: bytes, error: orjson.JSONDecodeError) -> Hit | Rejection:
+    """Second chance for JSON that Apache wrote with `\\xhh` escapes or that has invalid UTF-8.
+
+    Apache's JSON log formats are plain `LogFormat` strings, so a non-printable byte in a field
+    comes out as `\\xhh`, which JSON does not allow; invalid UTF-8 gets the same `\\xhh` form
+    (see the module's decisions). Both are turned into a literal backslash and retried.
+    """
+    try:
+        text = line.decode()
+        valid_utf8 = True
+    except UnicodeDecodeError:
+        text = line.decode("utf-8", "backslashreplace")
+        valid_utf8 = False
+    repaired = _JSON_HEX_ESCAPE.sub(r"\1\\\\x", text)
+    try:
+        document = orjson.loads(repaired)
+    except orjson.JSONDecodeError:
+        result: Hit | Rejection = Rejection("json_invalid", _clip(str(error)))
+    else:
+        if isinstance(document, dict):
+            result = _hit_from_json(document)
+        else:
+            result = Rejection("json_invalid", f"a JSON {type(document).__name__}, not an object")
+    return result if valid_utf8 else _unless_parsed(result)
+
+
+def _hit_from_json(document: dict[str, Any]) -> Hit | Rejection:
+    """A `Hit` from the lab's fields.
+
+    `time`, `remoteIP`, `status` and `request` are required. `request` is Apache's `%U` (path
+    only) with `query` (`%q`: `?...` or empty) and `method` (`%m`) beside it; a `request` that
+    holds a whole request line (`%r`, as some variants log it) is split like Apache's. The user
+    agent key is `userAgent` in the lab's `LogFormat` and `useragent` in its simulated file.
+    """
+    time_value = document.get("time")
+    address_value = document.get("remoteIP")
+    status_value = document.get("status")
+    request_value = document.get("request")
+    if time_value is None or address_value is None or status_value is None or not request_value:
+        missing = [
+            key
+            for key in ("time", "remoteIP", "status", "request")
+            if document.get(key) is None or document.get(key) == ""
+        ]
+        if missing:
+            return Rejection("json_missing_field", ", ".join(missing))
+
+    client_ip = _canonical_address(address_value) if isinstance(address_value, str) else ""
+    if not client_ip:
+        return Rejection("bad_ip", _clip(str(address_value)))
+    when = _json_time(time_value) if isinstance(time_value, str) else None
+    if when is None:
+        return Rejection("bad_timestamp", _clip(str(time_value)))
+    if isinstance(status_value, str):
+        status = _STATUS.get(status_value)
+    elif type(status_value) is int and 100 <= status_value <= 599:
+        status = status_value
+    else:
+        status = None
+    if status is None:
+        return Rejection("bad_status", _clip(str(status_value)))
+    method_value = document.get("method")
+    if not isinstance(request_value, str) or not isinstance(method_value, str | None):
+        return Rejection("bad_request", _clip(f"{method_value!r} {request_value!r}"))
+
+    protocol = None
+    if method_value is None and " " in request_value:
+        method, target, protocol = _split_odd_request(request_value.split(" "))
+    else:
+        method, target = method_value, request_value
+    if target is None:
+        path = query = None
+    else:
+        path, question_mark, query_in_path = target.partition("?")
+        query = query_in_path if question_mark else None
+        query_value = document.get("query")
+        if isinstance(query_value, str) and query_value:
+            query = query_value.removeprefix("?")
+
+    user_agent = document.get("userAgent")
+    if user_agent is None:
+        user_agent = document.get("useragent")
+    geo = None
+    if any(key in document for key in ("country", "region", "city", "lat", "lon")):
+        geo = FileGeo(
+            _json_text(document.get("country")),
+            _json_text(document.get("region")),
+            _json_text(document.get("city")),
+            _json_text(document.get("lat")),
+            _json_text(document.get("lon")),
+        )
+    return new_hit(
+        client_ip,
+        None,
+        None,
+        when[0],
+        when[1],
+        method,
+        path,
+        query,
+        protocol,
+        status,
+        None,
+        _json_text(document.get("referer")),
+        _json_text(user_agent),
+        None,
+        "json",
+        geo,
+    )
+
+
+def _json_text(value: object) -> str | None:
+    """An optional text field: `-` and absent are None; a number keeps its JSON spelling."""
+    if isinstance(value, str):
+        return None if value == "-" else value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _json_time(text: str) -> tuple[float, int | None] | None:
+    """UTC epoch seconds and offset in minutes (None for a naive time, read as UTC).
+
+    Fast, memoised forms: `2023-02-22 03:38:18` (the lab's simulated file) and
+    `2023-02-22T03:38:18.123Z` (the lab's `LogFormat`). Also Apache's `[22/Feb/2023:03:38:18
+    +0000]` (`%t`) and whatever else `datetime.fromisoformat` reads.
+    """
+    n = len(text)
+    if n == 19 or (n == 24 and text[19] == "." and text[23] == "Z" and _all_digits(text[20:23])):
+        seconds = _iso_seconds.get(text[:19])
+        if seconds is None:
+            seconds = _iso_naive_seconds(text[:19])
+            if seconds is None:
+                return None
+        if n == 19:
+            return seconds, None
+        return seconds + int(text[20:23]) / 1000, 0
+    if n == 28 and text[0] == "[" and text[27] == "]":
+        return _apache_time(text[1:27])
+    if n > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+        offset = moment.utcoffset()
+        if offset is None:
+            return moment.replace(tzinfo=UTC).timestamp(), None
+        return moment.timestamp(), int(offset.total_seconds() // 60)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _iso_naive_seconds(text: str) -> float | None:
+    """Epoch seconds (as if UTC) of `yyyy-mm-dd HH:MM:SS` or `yyyy-mm-ddTHH:MM:SS`, memoised."""
+    if (
+        text[4] != "-"
+        or text[7] != "-"
+        or text[10] not in " T"
+        or text[13] != ":"
+        or text[16] != ":"
+    ):
+        return None
+    fields = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
+    if not _all_digits(*fields):
+        return None
+    year, month, day, hour, minute, second = (int(f) for f in fields)
+    try:
+        ordinal = date(year, month, day).toordinal()
+    except ValueError:
+        return None
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    seconds = float((ordinal - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second)
+    if len(_iso_seconds) >= _CACHE_LIMIT:
+        _iso_seconds.clear()
+    _iso_seconds[text] = seconds
+    return seconds
+
+
+# -- Shared ----------------------------------------------------------------------------------------
+
+
+def _unless_parsed(result: Hit | Rejection) -> Hit | Rejection:
+    """For a line that was not valid UTF-8: a parsed line stands, a failure is `invalid_utf8`."""
+    if isinstance(result, Rejection):
+        reason: RejectionReason = "invalid_utf8"
+        return Rejection(reason, _clip(f"{result.reason}: {result.detail}"))
+    return result
+
+
+def _clip(text: str) -> str:
+    """A bounded, printable excerpt for a rejection's detail."""
+    if len(text) > _DETAIL_CHARS:
+        text = text[:_DETAIL_CHARS] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
