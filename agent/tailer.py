@@ -468,7 +468,7 @@ class GlobTailer:
 
     def _issue(self, reader: FileTailer, batch: LineBatch) -> None:
         self._flow.issued(batch)
-        if self._progress is not None and batch.start < reader.backfill_until:
+        if self._progress is not None and batch.start < min(batch.end, reader.backfill_until):
             done = min(batch.end, reader.backfill_until) - batch.start
             self._backfill_left -= done
             self._progress.advance(done)
