@@ -692,8 +692,9 @@ def _unless_parsed(result: Hit | Rejection) -> Hit | Rejection:
 
 def _clip(text: str) -> str:
     """A bounded, printable excerpt for a rejection's detail."""
+    text = text[: _DETAIL_CHARS + 1]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if len(text) > _DETAIL_CHARS:
         text = text[:_DETAIL_CHARS] + "…"
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text

@@ -379,6 +379,14 @@ def test_every_rejection_reason_has_an_example() -> None:
     assert {reason for reason, _ in REJECTED} == REJECTION_REASONS
 
 
+def test_length_limit_is_inclusive() -> None:
+    frame = HEAD + b'"GET / HTTP/1.1" 200 5 "-" "'
+    longest = frame + b"a" * (MAX_LINE_BYTES - len(frame) - 1) + b'"'
+    assert len(longest) == MAX_LINE_BYTES
+    assert hit(longest).user_agent == "a" * (MAX_LINE_BYTES - len(frame) - 1)
+    assert rejection(longest[:-1] + b'a"').reason == "too_long"
+
+
 def test_invalid_utf8_rejection_says_what_else_was_wrong() -> None:
     assert rejection(b"\xff\xfe junk").detail.startswith("unknown_format")
 
