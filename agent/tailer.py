@@ -197,9 +197,11 @@ class FileTailer:
         "backfill_until",
         "chunk_bytes",
         "device",
+        "eof_size",
         "fd",
         "fingerprint",
         "found_at_startup",
+        "high",
         "identity",
         "inode",
         "last_growth",
@@ -237,6 +239,10 @@ class FileTailer:
         self.identity: FileIdentity | None = None
         self.position = 0
         self.size = 0
+        # The furthest extent this content is known to have had; less than that is a truncation.
+        self.high = 0
+        # The size seen when a read last found nothing new; only growth past it is worth a read.
+        self.eof_size = -1
         self.last_growth = now
         self.matched = True
         self.unmatched_since = now
@@ -268,6 +274,8 @@ class FileTailer:
         self.fingerprint = None
         self.identity = None
         self.position = 0
+        self.high = 0
+        self.eof_size = -1
         self._long_start = None
         self._long_prefix = b""
         self.maybe_more = False
@@ -300,6 +308,8 @@ class FileTailer:
                 return self._follow_long_line(identity, stats)
             return None
         self.position = end
+        if end > self.high:
+            self.high = end
         stats.lines += len(lines)
         stats.bytes += end - start
         return LineBatch(identity, self.path, start, end, lines, skipped)
@@ -325,6 +335,7 @@ class FileTailer:
             self._long_start = None
             self._long_prefix = b""
             self.position = end
+            self.high = max(self.high, end)
             stats.bytes += end - start
             if end - 1 - start <= self.max_line_bytes:
                 stats.lines += 1
@@ -433,6 +444,7 @@ class GlobTailer:
                 batch = reader.read_batch(self.stats)
                 if batch is None:
                     reader.maybe_more = False
+                    reader.eof_size = reader.size
                     continue
                 progressed = True
                 self._issue(reader, batch)
@@ -460,6 +472,7 @@ class GlobTailer:
                 batch = reader.read_batch(self.stats)
                 if batch is None:
                     reader.maybe_more = False
+                    reader.eof_size = reader.size
                     break
                 self._issue(reader, batch)
                 if batch.lines:
@@ -552,18 +565,22 @@ class GlobTailer:
             size = os.fstat(reader.fd).st_size
         except OSError:
             size = 0
+        # Shrinking is a truncation; so is a new head on a file that grew back in between. A copy
+        # still being written (adopted below its old position) only grows: not a truncation.
         if reader.fingerprint is not None and (
-            size < reader.resume_position or not still_holds(reader.fd, reader.fingerprint)
+            size < reader.high or not still_holds(reader.fd, reader.fingerprint)
         ):
             self._content_replaced(reader, now)
         if size > reader.size:
             reader.last_growth = now
         reader.size = size
+        if size > reader.high:
+            reader.high = size
         if reader.fingerprint is None and size > 0:
             fingerprint = read_fingerprint(reader.fd)
             if fingerprint is not None:
                 self._assign(reader, fingerprint, startup)
-        if reader.identity is not None and size > reader.position:
+        if reader.identity is not None and size > reader.position and size != reader.eof_size:
             reader.maybe_more = True
 
     def _content_replaced(self, reader: FileTailer, now: float) -> None:
