@@ -228,6 +228,9 @@ class AckTracker:
         """Read the checkpoint file; returns key -> offset for the tailer (None: first run)."""
         saved = self.store.load()
         if saved is None:
+            # Write the (empty) file soon, so the next start is not taken for a first run again:
+            # only a first run may start files at their end.
+            self._dirty = True
             return None
         for key, checkpoint in saved.items():
             self._files[key] = _FileProgress(checkpoint, issued_end=checkpoint.offset)
@@ -270,6 +273,9 @@ class AckTracker:
                 self._room.clear()
         for start, end in batch.skipped:
             self._acknowledge(identity.key, start, end)
+
+    def has_room(self) -> bool:
+        return self._in_flight < self.config.max_in_flight_bytes
 
     async def wait_for_room(self) -> None:
         while self._in_flight >= self.config.max_in_flight_bytes:

@@ -94,6 +94,9 @@ class FlowControl(Protocol):
     def issued(self, batch: LineBatch) -> None:
         """`batch` was read (possibly empty: that announces a file and its start position)."""
 
+    def has_room(self) -> bool:
+        """Whether more bytes may be read now."""
+
     async def wait_for_room(self) -> None:
         """Return when more bytes may be read; block while the in-flight budget is spent."""
 
@@ -104,6 +107,9 @@ class FlowControl(Protocol):
 class _NoFlowControl:
     def issued(self, batch: LineBatch) -> None:
         pass
+
+    def has_room(self) -> bool:
+        return True
 
     async def wait_for_room(self) -> None:
         pass
@@ -438,7 +444,8 @@ class GlobTailer:
                     continue
                 if reader.fd < 0:
                     continue
-                await self._flow.wait_for_room()
+                if not self._flow.has_room():
+                    await self._wait_for_room()
                 if self._closed:
                     return
                 batch = reader.read_batch(self.stats)
@@ -458,6 +465,16 @@ class GlobTailer:
             if not progressed and elapsed < interval:
                 await asyncio.sleep(interval - elapsed)
             if time.monotonic() - self._scanned_at >= interval:
+                self.scan()
+
+    async def _wait_for_room(self) -> None:
+        """Wait for acknowledgements, still scanning meanwhile: files rotate during a stall too,
+        and checkpoints of files that still exist must keep being reported as alive."""
+        interval = self.config.poll_interval_s
+        while not self._flow.has_room() and not self._closed:
+            try:
+                await asyncio.wait_for(self._flow.wait_for_room(), timeout=interval)
+            except TimeoutError:
                 self.scan()
 
     def poll(self) -> list[LineBatch]:
