@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # Appended to a line cut at `max_line_bytes`; the consumer sees a line that does not parse and
 # counts it with its reason, instead of the agent silently dropping it.
 TRUNCATION_MARKER = b"...[clickstream:truncated]"
+# How much of an over-long line one read call scans for its end before yielding (64 x 256 KiB).
+_LONG_LINE_CHUNKS_PER_CALL = 64
 
 
 @dataclass(slots=True)
@@ -201,6 +203,7 @@ class FileTailer:
         "_long_scan",
         "_long_start",
         "backfill_until",
+        "busy",
         "chunk_bytes",
         "device",
         "eof_size",
@@ -253,6 +256,7 @@ class FileTailer:
         self.matched = True
         self.unmatched_since = now
         self.maybe_more = False
+        self.busy = False  # stopped in the middle of a long line, not at the end of the file
         self.found_at_startup = False
         self.backfill_until = 0
         # The key this file held before its content was replaced (it must not resume it).
@@ -293,6 +297,7 @@ class FileTailer:
         time rather than kept, which keeps `position` on a line boundary at all times.
         """
         identity = self.identity
+        self.busy = False
         if identity is None:
             return None
         if self._long_start is not None:
@@ -325,7 +330,7 @@ class FileTailer:
         start = self._long_start
         assert start is not None
         limit = self.max_line_bytes + 1
-        while True:
+        for _ in range(_LONG_LINE_CHUNKS_PER_CALL):
             chunk = os.pread(self.fd, self.chunk_bytes, self._long_scan)
             if not chunk:
                 return None  # the line is not finished yet: never ship half a line
@@ -354,6 +359,9 @@ class FileTailer:
             stats.truncated_lines += 1
             stats.lines += 1
             return LineBatch(identity, self.path, start, end, [line])
+        # A gigantic line: give the event loop (and the other files) a turn, then go on.
+        self.busy = True
+        return None
 
     def last_line_end(self) -> int:
         """The offset just past the file's last newline: 'start at the end' without half a line."""
@@ -450,6 +458,10 @@ class GlobTailer:
                     return
                 batch = reader.read_batch(self.stats)
                 if batch is None:
+                    if reader.busy:
+                        progressed = True
+                        await asyncio.sleep(0)
+                        continue
                     reader.maybe_more = False
                     reader.eof_size = reader.size
                     continue
@@ -488,6 +500,8 @@ class GlobTailer:
             while reader.identity is not None and reader.maybe_more:
                 batch = reader.read_batch(self.stats)
                 if batch is None:
+                    if reader.busy:
+                        continue
                     reader.maybe_more = False
                     reader.eof_size = reader.size
                     break

@@ -298,3 +298,13 @@ def test_non_regular_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "real.log").write_bytes(b"line\n")
     t = tailer(tmp_path / "*.log", from_start=True)
     assert data_of(t.poll()) == [b"line"]
+
+
+def test_a_gigantic_line_is_scanned_in_steps_and_never_shipped_half(tmp_path: Path) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(b"G" * 3_000_000)  # no newline: ~730 chunks of 4 KiB, several read calls
+    t = tailer(log, from_start=True, read_chunk_bytes=4096, max_line_bytes=100)
+    assert t.poll() == []
+    append(log, b"\nnext\n")
+    got = data_of(t.poll())
+    assert got == [b"G" * (100 - len(TRUNCATION_MARKER)) + TRUNCATION_MARKER, b"next"]
