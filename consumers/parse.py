@@ -130,14 +130,19 @@ def parse_lines(lines: Iterable[bytes]) -> list[Hit | Rejection]:
 def _parse_combined_quickly(s: str) -> Hit | None:
     """The fast path: a plain combined line, or None to let `_parse_access_line` decide.
 
-    It accepts only lines on which `_parse_access_line` returns the very same `Hit` (no
-    backslash, exactly the combined field layout) and leaves every other line, and every
-    rejection, to that careful path. One `split('"')` cuts the line; the three pieces that repeat
+    It accepts only lines on which `_parse_access_line` returns the very same `Hit` (exactly the
+    combined field layout) and leaves every other line, and every rejection, to that careful
+    path. One `split('"')` (or its escape-aware twin) cuts the line; the three pieces that repeat
     across lines (the head before the request, the request, and status with size) are looked up
     in memos, so a typical line costs a split, three dictionary look-ups and the `Hit` itself.
     """
-    parts = s.split('"')
-    if len(parts) != 7 or parts[4] != " " or parts[6] or "\\" in s:
+    if "\\" in s:
+        parts = _split_escaped(s)
+        if parts is None:
+            return None
+    else:
+        parts = s.split('"')
+    if len(parts) != 7 or parts[4] != " " or parts[6]:
         return None
     head = _heads.get(parts[0])
     if head is None:
