@@ -222,6 +222,9 @@ class AckTracker:
         self._room = asyncio.Event()
         self._room.set()
         self._dirty = False
+        # No checkpoint is forgotten before the tailer has said which files exist: after a long
+        # downtime every `seen` is old, and forgetting would mean reading those files again.
+        self._live_reported = False
         self.last_ack_at = time.monotonic()
 
     def load(self) -> dict[str, int] | None:
@@ -266,6 +269,16 @@ class AckTracker:
                 batch.path,
             )
             self._dirty = True
+        elif batch.start > progress.issued_end:
+            # Reading jumped ahead of what was issued (it should not): count the jumped-over
+            # bytes as done rather than wait forever for an acknowledgement that cannot come.
+            log.warning(
+                "reading of %s jumped from %d to %d", batch.path, progress.issued_end, batch.start
+            )
+            gap = progress.issued_end
+            self._in_flight += batch.start - gap
+            progress.issued_end = batch.start
+            self._acknowledge(identity.key, gap, batch.start)
         if batch.end > progress.issued_end:
             self._in_flight += batch.end - max(batch.start, progress.issued_end)
             progress.issued_end = batch.end
@@ -283,6 +296,7 @@ class AckTracker:
             await self._room.wait()
 
     def live(self, keys: Iterable[str]) -> None:
+        self._live_reported = True
         now = self._clock()
         for key in keys:
             progress = self._files.get(key)
@@ -337,6 +351,8 @@ class AckTracker:
 
     def collect_garbage(self) -> list[str]:
         """Drop checkpoints of files gone for `forget_after_s` with nothing left in flight."""
+        if not self._live_reported:
+            return []
         now = self._clock()
         gone = [
             key

@@ -310,3 +310,18 @@ def _line_ends(content: bytes) -> list[tuple[int, bytes]]:
         position += len(raw) + 1
         ends.append((position, raw))
     return ends
+
+
+def test_nothing_is_forgotten_before_the_tailer_reports_which_files_exist(tmp_path: Path) -> None:
+    tracker, clock = make_tracker(tmp_path, forget_after_s=60.0)
+    tracker.load()
+    tracker.issued(batch(0, 0))
+    tracker.save()
+    clock.now += 7200  # the agent was down for two hours
+    again, _ = make_tracker(tmp_path, forget_after_s=60.0)
+    again._clock = clock
+    again.load()
+    assert again.collect_garbage() == []
+    again.live([FILE.key])  # the file is still there
+    assert again.collect_garbage() == []
+    assert again.committed(FILE.key) == 0
