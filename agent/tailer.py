@@ -298,7 +298,7 @@ class FileTailer:
         """
         identity = self.identity
         self.busy = False
-        if identity is None:
+        if identity is None or self.fd < 0:
             return None
         if self._long_start is not None:
             return self._follow_long_line(identity, stats)
@@ -375,8 +375,12 @@ class FileTailer:
         return 0
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd = -1
+        self.identity = None
+        self.maybe_more = False
 
 
 def _holds(fd: int, digest: str) -> bool:
@@ -454,8 +458,10 @@ class GlobTailer:
                     continue
                 if not self._flow.has_room():
                     await self._wait_for_room()
-                if self._closed:
-                    return
+                    if self._closed:
+                        return
+                    if self._files.get((reader.device, reader.inode)) is not reader:
+                        continue  # closed by a scan while waiting: its descriptor is gone
                 batch = reader.read_batch(self.stats)
                 if batch is None:
                     if reader.busy:

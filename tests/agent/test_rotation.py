@@ -330,3 +330,52 @@ async def test_real_logrotate_while_a_writer_appends(
         # (measured: about 13 lines per rotation at 2,000 lines/s, a ~6 ms window).
         lost = count - len(on_disk)
         assert lost < count // 10, f"logrotate lost {lost} lines of {count}"
+
+
+@pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
+async def test_rotation_during_a_downstream_stall_loses_nothing(
+    tmp_path: Path, rotation: str
+) -> None:
+    from agent.models import Ack
+    from agent.positions import AckTracker, PositionStore
+
+    log = tmp_path / "access_log"
+    log.write_bytes(lines(0, 5000))  # ~400 KB, more than the in-flight budget
+    settings = AgentConfig(
+        path=str(log),
+        from_start=True,
+        state_dir=tmp_path / "state",
+        read_chunk_bytes=16 * 1024,
+        max_in_flight_bytes=64 * 1024,
+        poll_interval_s=0.05,
+        rotate_wait_s=0.2,
+    )
+    tracker = AckTracker(PositionStore(settings.positions_file), settings)
+    t = GlobTailer(settings, saved=tracker.load(), flow=tracker)
+    received: list[LineBatch] = []
+
+    async def follow() -> None:
+        async for b in t.batches():
+            received.append(b)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)  # the budget fills up; nothing is acknowledged (a stall)
+    assert sum(len(b.lines) for b in received) < 5000
+    append(log, lines(5000, 5100))
+    if rotation == "rename":
+        log.rename(tmp_path / "access_log.1")
+    else:
+        copytruncate(log, tmp_path / "access_log.1")
+    append(log, lines(5100, 5200))
+    await asyncio.sleep(0.3)  # still stalled while the rotation happens
+    deadline = time.monotonic() + 10
+    acked = 0
+    while sum(len(b.lines) for b in received) < 5200 and time.monotonic() < deadline:
+        for b in received[acked:]:
+            tracker.ack(Ack(b.file, b.start, b.end))
+        acked = len(received)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    follower.cancel()
+    t.close()
+    assert sorted(seqs(received)) == list(range(5200))
