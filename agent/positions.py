@@ -239,6 +239,10 @@ class AckTracker:
             self._files[key] = _FileProgress(checkpoint, issued_end=checkpoint.offset)
         return {key: checkpoint.offset for key, checkpoint in saved.items()}
 
+    def saved_paths(self) -> dict[str, str]:
+        """Key -> the path each checkpointed content was last read under (for `GlobTailer`)."""
+        return {key: progress.checkpoint.path for key, progress in self._files.items()}
+
     # What the tailer calls (agent.tailer.FlowControl) ----------------------------------------
 
     def issued(self, batch: LineBatch) -> None:

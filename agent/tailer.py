@@ -27,6 +27,14 @@ from exactly that byte, so the lines written between the last read and the copy 
 copy, and nothing read before is read again. The truncated file has new first bytes, hence a new
 fingerprint, and is read from 0. (Lines written after logrotate's copy and before its truncate are
 in neither file: that window is copytruncate's own, documented loss, and no tailer can read them.)
+
+Rotation while the agent is stopped: on start, a checkpointed content that no matched file holds
+any more is looked for next to the name it was last read under; found there (renamed or copied),
+it is read from its checkpoint to its end, then let go.
+
+Known limit: two contents whose first lines are byte-identical share a fingerprint (see
+`agent.identity`); a file truncated and rewritten with the very same first line is read again from
+0, but its checkpoint and event ids collide with the old content's.
 """
 
 from __future__ import annotations
@@ -396,6 +404,8 @@ class GlobTailer:
 
     `saved` maps identity keys to checkpointed offsets; None means there is no checkpoint file at
     all (the agent's first run), the only case where `from_start=False` skips existing content.
+    `saved_paths` (key -> the path it was last read under) lets a restart find contents that were
+    rotated away while the agent was stopped.
     """
 
     def __init__(
@@ -404,10 +414,12 @@ class GlobTailer:
         saved: Mapping[str, int] | None = None,
         flow: FlowControl | None = None,
         progress: ProgressSink | None = None,
+        saved_paths: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.stats = TailStats()
         self._saved = dict(saved) if saved is not None else {}
+        self._saved_paths = dict(saved_paths or {})
         self._first_run = saved is None
         self._flow: FlowControl = flow if flow is not None else _NoFlowControl()
         self._progress = progress
@@ -560,6 +572,8 @@ class GlobTailer:
                 log.info("%s was renamed or deleted; reading it to its end", reader.path)
             self._refresh(reader, now, startup)
         self._adopt_orphans()
+        if startup and self._saved_paths:
+            self._recover_moved_contents(self._saved_paths)
         self._close_finished(now)
         self._flow.live(
             {r.fingerprint.digest for r in self._files.values() if r.fingerprint is not None}
@@ -641,20 +655,53 @@ class GlobTailer:
         A copy that the glob matches would be found anyway; this finds one it does not, so a
         single-path configuration loses nothing either.
         """
-        directory, name = os.path.split(original.path)
+        found = self._open_sibling_holding(original.path, digest, exclude=original)
+        if found is not None:
+            log.info("continuing %s's old content in its copy %s", original.path, found)
+            return True
+        log.warning(
+            "%s was truncated and no copy of its old content was found: lines written after the"
+            " last read and before the truncation are lost",
+            original.path,
+        )
+        return False
+
+    def _recover_moved_contents(self, saved_paths: Mapping[str, str]) -> None:
+        """Checkpointed contents that no matched file holds any more: rotated (renamed, or copied
+        and truncated) while the agent was not running. Their unread end is read from where they
+        are now, next to their old name, from the checkpoint on."""
+        held = {r.fingerprint.digest for r in self._files.values() if r.fingerprint is not None}
+        for digest, path in saved_paths.items():
+            if digest in held or digest not in self._saved:
+                continue
+            found = self._open_sibling_holding(path, digest, include_self=True)
+            if found is not None:
+                log.info("reading the rest of %s (rotated while stopped) from %s", path, found)
+
+    def _open_sibling_holding(
+        self,
+        path: str,
+        digest: str,
+        *,
+        exclude: FileTailer | None = None,
+        include_self: bool = False,
+    ) -> str | None:
+        """Find the file next to `path`, named like it, that holds the content `digest`; open it
+        (unmatched: read to its end, then closed) unless already open. Returns its path."""
+        directory, name = os.path.split(path)
         try:
             siblings = sorted(os.listdir(directory or "."))
         except OSError:
-            return False
-        exclude = self.config.exclude
+            return None
+        excluded = self.config.exclude
         for sibling in siblings:
-            if sibling == name or not sibling.startswith(name):
+            if not sibling.startswith(name) or (sibling == name and not include_self):
                 continue
-            if any(fnmatch.fnmatch(sibling, pattern) for pattern in exclude):
+            if any(fnmatch.fnmatch(sibling, pattern) for pattern in excluded):
                 continue
-            path = os.path.join(directory, sibling)
+            candidate = os.path.join(directory, sibling)
             try:
-                st = os.stat(path)
+                st = os.stat(candidate)
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode):
@@ -663,29 +710,22 @@ class GlobTailer:
             if known is not None:
                 # Already open (matched by the glob, maybe a standby duplicate): it takes over
                 # when `scan` refreshes it or `_adopt_orphans` runs.
-                if known is not original and _holds(known.fd, digest):
-                    log.info("continuing %s's old content in its copy %s", original.path, path)
-                    return True
+                if known is not exclude and _holds(known.fd, digest):
+                    return candidate
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
             if not _holds(fd, digest):
                 os.close(fd)
                 continue
             now = time.monotonic()
-            reader = self._open_fd(path, fd, now)
+            reader = self._open_fd(candidate, fd, now)
             reader.matched = False  # not ours to follow: read to its end, then close
             self._refresh(reader, now, startup=False)
-            log.info("continuing %s's old content in its copy %s", original.path, path)
-            return True
-        log.warning(
-            "%s was truncated and no copy of its old content was found: lines written after the"
-            " last read and before the truncation are lost",
-            original.path,
-        )
-        return False
+            return candidate
+        return None
 
     def _open_fd(self, path: str, fd: int, now: float) -> FileTailer:
         st = os.fstat(fd)

@@ -42,9 +42,10 @@ def append(path: Path, data: bytes) -> None:
 
 def tailer(path: Path | str, **config: object) -> GlobTailer:
     saved = config.pop("saved", None)
+    saved_paths = config.pop("saved_paths", None)
     options: dict[str, object] = {"from_start": True, "rotate_wait_s": 0.0, **config}
     settings = AgentConfig(path=str(path), **options)  # type: ignore[arg-type]
-    return GlobTailer(settings, saved=saved)  # type: ignore[arg-type]
+    return GlobTailer(settings, saved=saved, saved_paths=saved_paths)  # type: ignore[arg-type]
 
 
 # Rename + create -----------------------------------------------------------------------------
@@ -114,6 +115,28 @@ def test_restart_after_a_rotation_while_the_agent_was_down(tmp_path: Path) -> No
     log.write_bytes(lines(12, 15))
     t = tailer(tmp_path / "access_log*", from_start=False, saved={key: checkpoint})
     assert sorted(seqs(t.poll())) == list(range(5, 15))
+
+
+@pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
+def test_rotated_while_the_agent_was_down_with_a_single_path(tmp_path: Path, rotation: str) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(lines(0, 10))
+    t = tailer(log)
+    batches = t.poll()
+    key = batches[0].file.key
+    checkpoint = batches[0].lines[4].end  # acknowledged up to line 4
+    t.close()
+    append(log, lines(10, 12))  # written while the agent is down
+    if rotation == "rename":
+        log.rename(tmp_path / "access_log.1")
+    else:
+        copytruncate(log, tmp_path / "access_log.1")
+    append(log, lines(12, 15))
+    t = tailer(log, from_start=False, saved={key: checkpoint}, saved_paths={key: str(log)})
+    # The old content's end is found in access_log.1 although the path does not match it.
+    assert sorted(seqs(t.poll())) == list(range(5, 15))
+    t.poll()
+    assert t.stats.files_closed == 1  # read to its end, then let go
 
 
 # Copytruncate and truncation -----------------------------------------------------------------
