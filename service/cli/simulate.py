@@ -26,7 +26,12 @@ from typing import Any
 from service.settings import Settings
 from service.simulator.bulk import write_bulk
 from service.simulator.catalog import Catalog, CatalogError, load_catalog
-from service.simulator.engine import DEFAULT_MALFORMED_SHARE, bulk_engine, steady_engine
+from service.simulator.engine import (
+    DEFAULT_MALFORMED_SHARE,
+    bulk_engine,
+    measure_sessions,
+    steady_engine,
+)
 from service.simulator.realtime import RotatingLog, run_realtime
 from service.simulator.truth import GroundTruth
 
@@ -255,6 +260,7 @@ def _realtime(
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    measure_sessions()  # the slow part of setting up, done before the clock starts
     start_ms = int(time.time() * 1000)
     facts.update(mode="rate", rate=args.rate, start=_iso_ms(start_ms))
     engine = steady_engine(

@@ -17,6 +17,7 @@ on the seed and the arguments: the same inputs give the same bytes on any machin
 
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from collections.abc import Iterator
@@ -34,8 +35,10 @@ from service.simulator.visitors import RETURNING_SHARE, Population, Visitor
 BOT_LINE_SHARE = 0.15
 DEFAULT_MALFORMED_SHARE = 0.002
 MAX_WARMUP_MS = 20 * 60_000
-# Warm-up work is wasted (its early lines are dropped), so it is capped at about this many lines.
-_WARMUP_LINES = 5_000
+# Warm-up work is wasted (its early lines are dropped), so it is capped at about this many lines;
+# in real time it also delays the first line, so the cap is lower there.
+_WARMUP_LINES = 50_000
+_REALTIME_WARMUP_LINES = 20_000
 _CALIBRATION_SEED = 20261121
 _CALIBRATION_SESSIONS = 1500
 
@@ -49,10 +52,12 @@ class SessionShape:
     lead_ms: float  # mean time from a session's start to one of its lines being logged
 
 
+@functools.cache
 def measure_sessions() -> SessionShape:
     """Plan sample sessions with a fixed private seed and average them.
 
-    Uses its own generator, so it draws nothing from the run's random stream.
+    Uses its own generator, so it draws nothing from the run's random stream; the answer never
+    changes, so it is computed once per process.
     """
     rng = random.Random(_CALIBRATION_SEED)
     human_lines = human_weighted = human_lead = 0.0
@@ -117,6 +122,7 @@ class TrafficEngine:
         self.warmup_ms = warmup_ms
         self.shape = measure_sessions()
         self.committed = 0  # requests planned so far inside the window
+        self.emitted = 0  # requests yielded so far
 
     def _plan(self, now: int) -> list[Step]:
         """Start one session at `now`; return its requests that fall inside the window."""
@@ -152,8 +158,8 @@ class TrafficEngine:
         )
         gain = 1.0
         if now >= self.start_ms and wanted > 0:
-            target = self.pace.target(now + int(shape.lead_ms)) * (1.0 - self.malformed_share)
-            gain = 1.0 + (target - self.committed) / (wanted * self.steering_ms / 1000.0)
+            target = self.pace.target(now) * (1.0 - self.malformed_share)
+            gain = 1.0 + (target - self.emitted) / (wanted * self.steering_ms / 1000.0)
             gain = min(4.0, max(0.25, gain))
         sessions_per_second = wanted * gain / lines_per_session
         return int(self.rng.expovariate(sessions_per_second) * 1000.0)
@@ -173,6 +179,7 @@ class TrafficEngine:
                 step = steps[index]
                 if malformed_odds and rng.random() < malformed_odds:
                     yield malformed_line(formatter.line(step), rng, step.at // 1000)
+                self.emitted += 1
                 yield step
                 index += 1
                 order += 1
@@ -241,5 +248,5 @@ def steady_engine(
         malformed_share=malformed_share,
         bot_level=bot_level,
         steering_ms=30_000,
-        warmup_ms=min(MAX_WARMUP_MS, int(_WARMUP_LINES / rate * 1000)),
+        warmup_ms=min(MAX_WARMUP_MS, int(_REALTIME_WARMUP_LINES / rate * 1000)),
     )

@@ -46,9 +46,15 @@ class RotatingLog:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, lines: list[str]) -> None:
-        """Append `lines`, rotating exactly at each multiple of `every` lines."""
+        """Append `lines`; a file that already holds `every` lines is rotated before the next.
+
+        Rotating only when another line is due means a run that stops on a multiple of `every`
+        leaves a full file behind, not an empty one.
+        """
         start = 0
         while start < len(lines):
+            if self.every is not None and self._in_file >= self.every:
+                self.rotate()
             room = len(lines) - start
             if self.every is not None:
                 room = min(room, self.every - self._in_file)
@@ -58,8 +64,6 @@ class RotatingLog:
                 view = view[os.write(self._fd, view) :]
             start += room
             self._in_file += room
-            if self.every is not None and self._in_file >= self.every:
-                self.rotate()
 
     def _rotated(self, number: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{number}")
