@@ -88,12 +88,10 @@ _JSON_HEX_ESCAPE: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\x")
 
 _LONGEST_MEMO_KEY: Final = 256  # longer texts are parsed every time rather than remembered
 
-_Head = tuple[str, str | None, str | None, float, int]  # client_ip, ident, user, time, offset
 _Request = tuple[str | None, str | None, str | None, str | None]  # method, path, query, protocol
 
 # Memo caches. Keys are bounded in length, and each cache is cleared when it reaches
 # _CACHE_LIMIT, so memory stays bounded whatever the input (a few tens of MB at worst).
-_heads: dict[str, _Head] = {}  # 'host ident user [time] ' -> its fields
 _requests: dict[str, _Request] = {}  # request line -> its fields
 _status_sizes: dict[str, tuple[int, int]] = {}  # ' 200 5326 ' -> (status, bytes)
 _addresses: dict[str, str] = {}  # text -> canonical address, or "" when not an address
@@ -132,9 +130,10 @@ def _parse_combined_quickly(s: str) -> Hit | None:
 
     It accepts only lines on which `_parse_access_line` returns the very same `Hit` (exactly the
     combined field layout) and leaves every other line, and every rejection, to that careful
-    path. One `split('"')` (or its escape-aware twin) cuts the line; the three pieces that repeat
-    across lines (the head before the request, the request, and status with size) are looked up
-    in memos, so a typical line costs a split, three dictionary look-ups and the `Hit` itself.
+    path. One `split('"')` (or its escape-aware twin) cuts the line; the head's fields sit at
+    fixed distances from its ends, and every piece that repeats across lines (address, time,
+    request, status with size) is looked up in a memo, so a typical line costs a split, four
+    dictionary look-ups and the `Hit` itself.
     """
     if "\\" in s:
         parts = _split_escaped(s)
@@ -144,11 +143,28 @@ def _parse_combined_quickly(s: str) -> Hit | None:
         parts = s.split('"')
     if len(parts) != 7 or parts[4] != " " or parts[6]:
         return None
-    head = _heads.get(parts[0])
-    if head is None:
-        head = _parse_head(parts[0])
-        if head is None:
+    head = parts[0]  # 'host ident user [dd/Mon/yyyy:HH:MM:SS +zzzz] '
+    sp = head.find(" ")
+    if sp <= 0 or head[-2:] != "] " or head[-30:-28] != " [":
+        return None
+    client_ip = _addresses.get(head[:sp])
+    if client_ip is None:
+        client_ip = _canonical_address(head[:sp])
+    when = _apache_stamps.get(head[-28:-2])
+    if when is None:
+        when = _apache_time(head[-28:-2])
+    if not client_ip or when is None:
+        return None
+    identity = head[sp + 1 : -30]
+    if identity == "- -":
+        ident = user = None
+    else:
+        # A '[' could make the careful path see the time field start earlier: leave it that.
+        words = identity.split(" ")
+        if len(words) != 2 or not words[0] or not words[1] or "[" in identity:
             return None
+        ident = None if words[0] == "-" else words[0]
+        user = None if words[1] == "-" else words[1]
     status_and_size = _status_sizes.get(parts[2])
     if status_and_size is None:
         status_and_size = _parse_status_and_size(parts[2])
@@ -160,7 +176,11 @@ def _parse_combined_quickly(s: str) -> Hit | None:
     referer = parts[3]
     user_agent = parts[5]
     hit = _MutableHit(
-        *head,
+        client_ip,
+        ident,
+        user,
+        when[0],
+        when[1],
         *request,
         *status_and_size,
         None if referer == "-" else referer,
@@ -171,39 +191,6 @@ def _parse_combined_quickly(s: str) -> Hit | None:
     )
     hit.__class__ = Hit
     return hit  # type: ignore[return-value]
-
-
-def _parse_head(head: str) -> _Head | None:
-    """`host ident user [time] ` as (client_ip, ident, user, time, utc_offset_minutes); memoised.
-
-    None for anything `_parse_access_line` would not accept in exactly this layout.
-    """
-    sp = head.find(" ")
-    if sp <= 0 or len(head) < sp + 34 or not head.endswith("] ") or head[-30:-28] != " [":
-        return None
-    client_ip = _addresses.get(head[:sp])
-    if client_ip is None:
-        client_ip = _canonical_address(head[:sp])
-    stamp = head[-28:-2]
-    when = _apache_stamps.get(stamp)
-    if when is None:
-        when = _apache_time(stamp)
-    identity = head[sp + 1 : -30].split(" ")
-    if not client_ip or when is None or len(identity) != 2 or not identity[0] or not identity[1]:
-        return None
-    ident, user = identity
-    result = (
-        client_ip,
-        None if ident == "-" else ident,
-        None if user == "-" else user,
-        when[0],
-        when[1],
-    )
-    if len(head) <= _LONGEST_MEMO_KEY:
-        if len(_heads) >= _CACHE_LIMIT:
-            _heads.clear()
-        _heads[head] = result
-    return result
 
 
 def _parse_status_and_size(between: str) -> tuple[int, int] | None:

@@ -212,12 +212,20 @@ def test_fast_and_careful_paths_agree() -> None:
         HEAD + b'"GET /a?b HTTP/1.1" 304 - "" ""',
         HEAD + b'"-" 408 - "-" "-"',
         b'::ffff:10.1.2.3 alice bob [01/Jan/1970:00:00:00 +0000] "x" 599 0 "r" "u"',
+        rb'192.0.2.1 - bob [01/Jan/1970:00:00:00 +0000] "GET / HTTP/1.1" 200 5 "\\" "\\\""',
     ]
     for line in lines:
         text = line.decode()
         quick = parse._parse_combined_quickly(text)
         assert quick is not None
         assert quick == parse._parse_access_line(text)
+
+
+def test_a_bracket_in_ident_or_user_is_left_to_the_careful_path() -> None:
+    # Found by the atheris fuzzer: ' [' inside the head moved where the careful path saw [time].
+    line = '192.0.2.1 [ - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "-"'
+    assert parse._parse_combined_quickly(line) is None
+    assert rejection(line.encode()).reason == "bad_syntax"
 
 
 # -- The course lab's JSON ------------------------------------------------------------------------
@@ -441,7 +449,6 @@ def test_memo_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_line(f'10.0.{i}.1 - - [{stamp}] "GET /{i} HTTP/1.0" 200 {i}'.encode())
     memos = (
         parse._addresses,
-        parse._heads,
         parse._requests,
         parse._status_sizes,
         parse._apache_stamps,
