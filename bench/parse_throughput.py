@@ -4,10 +4,10 @@
 
 With FILE, parses that file's lines. Without, parses N (default 1,000,000) lines of café
 traffic: from `clickstream simulate` when it is available (`--source simulator`), otherwise
-from the small generator below (`--source builtin`), which is made in memory and mimics the
-café's traffic closely enough for a throughput figure: combined format, a few thousand
-returning visitors (8% IPv6) each loading a page and its assets within a second or two, a few
-bots, 404s, query strings, user agents with escaped quotes, and 0.2% malformed lines.
+from the small generator below (`--source builtin`, `--lab-json` for the lab's JSON format),
+which is made in memory and mimics the café's traffic closely enough for a throughput figure:
+a few thousand returning visitors (8% IPv6) each loading a page and its assets within a second,
+a few bots, 404s, query strings, rare user agents with escaped quotes, 0.2% malformed lines.
 
 Lines are parsed in batches of `--batch` (a Kinesis record's worth) and the results dropped
 after counting, as the consumer does, so peak RSS reflects the input plus the parser's memo
@@ -18,6 +18,7 @@ caches, not a million retained `Hit`s. The target for the whole processing path 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import resource
 import shutil
@@ -74,8 +75,11 @@ MALFORMED = (
 )
 
 
-def builtin_lines(count: int, seed: int) -> list[bytes]:
-    """`count` lines of café-like traffic over six hours, deterministic for a seed."""
+def builtin_lines(count: int, seed: int, lab_json: bool = False) -> list[bytes]:
+    """`count` lines of café-like traffic over six hours, deterministic for a seed.
+
+    Apache combined format, or with `lab_json` the course lab's JSON `LogFormat`.
+    """
     rng = random.Random(seed)
     visitors = []
     for i in range(5000):
@@ -90,17 +94,47 @@ def builtin_lines(count: int, seed: int) -> list[bytes]:
     start = 1_795_000_000
     span = 6 * 3600
     lines: list[bytes] = []
+
+    def add(
+        ip: str,
+        now: int,
+        method: str,
+        target: str,
+        status: int,
+        size: str,
+        referer: str,
+        agent: str,
+    ) -> None:
+        t = time.gmtime(now)
+        if lab_json:
+            path, _, query = target.partition("?")
+            document = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{rng.randrange(1000):03d}Z",
+                "remoteIP": ip,
+                "request": path,
+                "query": f"?{query}" if query else "",
+                "method": method,
+                "status": str(status),
+                "userAgent": agent.replace('\\"', '"'),
+                "referer": referer,
+            }
+            # json, not orjson: orjson's bytes keep a large spare buffer each, inflating RSS.
+            lines.append(json.dumps(document, separators=(",", ":")).encode())
+            return
+        stamp = (
+            f"{t.tm_mday:02d}/{MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+        )
+        lines.append(
+            f'{ip} - - [{stamp}] "{method} {target} HTTP/1.1" {status} {size} "{referer}" '
+            f'"{agent}"'.encode()
+        )
+
     while len(lines) < count:
         now = start + span * len(lines) // count
         if rng.random() < 0.002:
             lines.append(rng.choice(MALFORMED).encode())
             continue
-        stamp = time.gmtime(now)
-        zone = "+0000"
-        text_time = (
-            f"{stamp.tm_mday:02d}/{MONTHS[stamp.tm_mon - 1]}/{stamp.tm_year}:"
-            f"{stamp.tm_hour:02d}:{stamp.tm_min:02d}:{stamp.tm_sec:02d} {zone}"
-        )
         if rng.random() < 0.05:
             ip, agent = f"66.249.{rng.randrange(64, 96)}.{rng.randrange(256)}", rng.choice(BOTS)
         else:
@@ -114,17 +148,11 @@ def builtin_lines(count: int, seed: int) -> list[bytes]:
                 break
         status = 404 if rng.random() < 0.02 else (302 if method == "POST" else 200)
         size = "-" if status == 302 else str(rng.randrange(200, 9000))
-        referer = rng.choice(('"-"', '"http://cafe.example.com/cafe"'))
-        head = f"{ip} - - [{text_time}]"
-        lines.append(
-            f'{head} "{method} {page} HTTP/1.1" {status} {size} {referer} "{agent}"'.encode()
-        )
+        referer = rng.choice(("-", "http://cafe.example.com/cafe"))
+        add(ip, now, method, page, status, size, referer, agent)
         for asset in rng.sample(ASSETS, rng.randrange(0, 4)):
             status, size = (304, "-") if rng.random() < 0.4 else (200, str(rng.randrange(1, 90000)))
-            lines.append(
-                f'{head} "GET {asset} HTTP/1.1" {status} {size} '
-                f'"http://cafe.example.com{page}" "{agent}"'.encode()
-            )
+            add(ip, now, "GET", asset, status, size, f"http://cafe.example.com{page}", agent)
     return lines[:count]
 
 
@@ -171,19 +199,23 @@ def main(argv: list[str] | None = None) -> None:
         "--source", choices=("auto", "simulator", "builtin"), default="auto", help="generator"
     )
     parser.add_argument("--batch", type=int, default=500, help="lines per parse_lines call")
+    parser.add_argument(
+        "--lab-json", action="store_true", help="built-in generator: the lab's JSON format"
+    )
     args = parser.parse_args(argv)
 
     if args.file is not None:
         lines, source = args.file.read_bytes().splitlines(), str(args.file)
     else:
         lines = None
-        if args.source in ("auto", "simulator"):
+        if args.source in ("auto", "simulator") and not args.lab_json:
             lines = simulated_lines(args.lines, args.seed)
             source = "clickstream simulate"
             if lines is None and args.source == "simulator":
                 sys.exit("clickstream simulate did not produce lines")
         if lines is None:
-            lines, source = builtin_lines(args.lines, args.seed), "built-in generator"
+            lines = builtin_lines(args.lines, args.seed, args.lab_json)
+            source = "built-in generator" + (" (lab JSON)" if args.lab_json else "")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     reasons: Counter[str] = Counter()

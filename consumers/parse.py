@@ -159,7 +159,7 @@ def _parse_combined_quickly(s: str) -> Hit | None:
     if identity == "- -":
         ident = user = None
     else:
-        # A '[' could make the careful path see the time field start earlier: leave it that.
+        # A '[' can make the careful path see the time field start earlier: let it decide.
         words = identity.split(" ")
         if len(words) != 2 or not words[0] or not words[1] or "[" in identity:
             return None
@@ -540,7 +540,9 @@ def _hit_from_json(document: dict[str, Any]) -> Hit | Rejection:
         if missing:
             return Rejection("json_missing_field", ", ".join(missing))
 
-    client_ip = _canonical_address(address_value) if isinstance(address_value, str) else ""
+    client_ip = _addresses.get(address_value) if isinstance(address_value, str) else ""
+    if client_ip is None:
+        client_ip = _canonical_address(address_value)
     if not client_ip:
         return Rejection("bad_ip", _clip(str(address_value)))
     when = _json_time(time_value) if isinstance(time_value, str) else None
