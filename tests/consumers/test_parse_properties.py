@@ -215,6 +215,23 @@ def test_json_line_round_trip(case: tuple[bytes, Hit]) -> None:
     assert parse_line(line) == expected
 
 
+field_bytes = st.binary(max_size=40).filter(lambda b: b'"' not in b and b"\\" not in b)
+
+
+@given(field_bytes, field_bytes)
+@settings(max_examples=200, deadline=None)
+def test_any_bytes_inside_quoted_fields_are_kept_as_text(referer: bytes, agent: bytes) -> None:
+    """The invalid-UTF-8 decision: bad bytes become `\\xhh` text and the line still parses."""
+    line = b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "%s" "%s"' % (
+        referer,
+        agent,
+    )
+    parsed = parse_line(line)
+    assert isinstance(parsed, Hit), parsed
+    for field_value, raw in ((parsed.referer, referer), (parsed.user_agent, agent)):
+        assert field_value == (None if raw == b"-" else raw.decode("utf-8", "backslashreplace"))
+
+
 @given(st.binary(max_size=600))
 @settings(max_examples=300, deadline=None)
 def test_any_bytes_give_a_hit_or_a_rejection(raw: bytes) -> None:
