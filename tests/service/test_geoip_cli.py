@@ -137,3 +137,13 @@ def test_help_explains_the_actions(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("lookup", "build --full", "build --sample", "CLICKSTREAM_GEOIP_DB", ATTRIBUTION):
         assert text in out
+
+
+def test_show_points_at_a_built_full_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = tmp_path / "cache" / "clickstream" / "geoip" / "dbip-city-full.mmdb"
+    full.parent.mkdir(parents=True)
+    full.write_bytes(default_database_path().read_bytes())
+    assert main(["geoip"]) == 0
+    assert f"CLICKSTREAM_GEOIP_DB={full}" in capsys.readouterr().out
