@@ -49,7 +49,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.config import AgentConfig, OversizePolicy
@@ -65,21 +65,63 @@ TRUNCATION_MARKER = b"...[clickstream:truncated]"
 _LONG_LINE_CHUNKS_PER_CALL = 64
 
 
-@dataclass(slots=True)
 class LineBatch:
     """Consecutive lines of one file, and the byte range [start, end) they account for.
+
+    Usually `data` holds the file's bytes [start, end) as read: complete lines, each with its
+    newline, none over the length limit. Nothing per line is built while reading; `lines` splits
+    them into `Line`s only if asked, and a shipper can take `data` whole
+    (`RecordBuilder.add_chunk`). When the range held an over-long line, `data` is None and `lines`
+    holds the lines as shipped (truncated ones with their marker).
 
     `end` can lie past the last line's end when the batch closes with rejected (oversized) lines:
     `skipped` lists those ranges, which are done without being shipped. A checkpoint may move over
     them, and `AckTracker` does so as soon as the batch is issued.
     """
 
-    file: FileIdentity
-    path: str
-    start: int
-    end: int
-    lines: list[Line]
-    skipped: list[tuple[int, int]] = field(default_factory=list)
+    __slots__ = ("_lines", "data", "end", "file", "path", "skipped", "start")
+
+    def __init__(
+        self,
+        file: FileIdentity,
+        path: str,
+        start: int,
+        end: int,
+        lines: list[Line] | None = None,
+        skipped: list[tuple[int, int]] | None = None,
+        *,
+        data: bytes | None = None,
+    ) -> None:
+        self.file = file
+        self.path = path
+        self.start = start
+        self.end = end
+        self.data = data
+        self._lines = lines if lines is not None or data is not None else []
+        self.skipped = skipped if skipped is not None else []
+
+    @property
+    def lines(self) -> list[Line]:
+        if self._lines is None:
+            assert self.data is not None
+            self._lines = split_lines(self.file, self.data, self.start)
+        return self._lines
+
+    @property
+    def has_lines(self) -> bool:
+        return bool(self.data) or bool(self._lines)
+
+    @property
+    def line_count(self) -> int:
+        if self._lines is not None:
+            return len(self._lines)
+        return self.data.count(b"\n") if self.data else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"LineBatch({self.path!r}, [{self.start}, {self.end}), {self.line_count} lines,"
+            f" skipped={self.skipped})"
+        )
 
 
 @dataclass(slots=True)
@@ -134,6 +176,32 @@ class ProgressSink(Protocol):
     def advance(self, nbytes: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+def split_lines(identity: FileIdentity, data: bytes, offset: int) -> list[Line]:
+    """`Line`s of `data`: complete lines, each ending in a newline, starting at byte `offset`."""
+    lines: list[Line] = []
+    append = lines.append
+    position = offset
+    for part in data[:-1].split(b"\n"):
+        end = position + len(part) + 1
+        append(Line(identity, position, end, part))
+        position = end
+    return lines
+
+
+def may_hold_long_line(data: bytes, max_line_bytes: int) -> bool:
+    """False when no line in `data` (complete lines) can be longer than `max_line_bytes`.
+
+    A line longer than that spans a whole aligned block of `max_line_bytes // 2` bytes, so a
+    newline in every such block rules it out: a handful of C-speed `find`s per chunk instead of a
+    look at every line. True means "maybe": the caller then measures each line.
+    """
+    if len(data) <= max_line_bytes + 1:
+        return False
+    block = max_line_bytes // 2
+    find = data.find
+    return any(find(b"\n", at, at + block) < 0 for at in range(0, len(data) - block + 1, block))
 
 
 def cut_lines(
@@ -314,6 +382,18 @@ class FileTailer:
         chunk = os.pread(self.fd, self.chunk_bytes, start)
         if not chunk:
             return None
+        last_newline = chunk.rfind(b"\n")
+        if last_newline >= 0:
+            complete = chunk if last_newline == len(chunk) - 1 else chunk[: last_newline + 1]
+            if not may_hold_long_line(complete, self.max_line_bytes):
+                # The fast path: the bytes as read are the batch; nothing is built per line.
+                end = start + len(complete)
+                self.position = end
+                if end > self.high:
+                    self.high = end
+                stats.lines += complete.count(b"\n")
+                stats.bytes += len(complete)
+                return LineBatch(identity, self.path, start, end, data=complete)
         lines, skipped, end = cut_lines(
             identity, chunk, start, self.max_line_bytes, self.policy, stats
         )
@@ -485,7 +565,7 @@ class GlobTailer:
                     continue
                 progressed = True
                 self._issue(reader, batch)
-                if batch.lines:
+                if batch.has_lines:
                     yield batch
                 else:
                     await asyncio.sleep(0)
@@ -524,7 +604,7 @@ class GlobTailer:
                     reader.eof_size = reader.size
                     break
                 self._issue(reader, batch)
-                if batch.lines:
+                if batch.has_lines:
                     batches.append(batch)
         return batches
 

@@ -8,12 +8,21 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.config import AgentConfig, OversizePolicy
 from agent.models import Ack, FileIdentity
 from agent.positions import AckTracker, PositionStore
 from agent.progress import BackfillProgress
-from agent.tailer import TRUNCATION_MARKER, GlobTailer, LineBatch, TailStats, cut_lines
+from agent.tailer import (
+    TRUNCATION_MARKER,
+    GlobTailer,
+    LineBatch,
+    TailStats,
+    cut_lines,
+    may_hold_long_line,
+)
 
 FILE = FileIdentity(1, 2, "f" * 32)
 
@@ -102,6 +111,24 @@ def test_over_long_lines_are_rejected_and_counted_when_so_configured() -> None:
     assert [x.data for x in lines] == [b"short", b"after"]
     assert skipped == [(6, 207)]
     assert stats.rejected_lines == 1
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=60), st.integers(64, 200))
+def test_the_long_line_pre_check_never_misses_one(lengths: list[int], limit: int) -> None:
+    data = b"".join(b"x" * n + b"\n" for n in lengths)
+    if max(lengths) > limit:
+        assert may_hold_long_line(data, limit)
+
+
+def test_a_batch_holds_the_bytes_as_read_and_builds_lines_only_when_asked(tmp_path: Path) -> None:
+    log = tmp_path / "access_log"
+    content = b"".join(b"line %d\n" % i for i in range(100))
+    log.write_bytes(content + b"partial")
+    (b,) = tailer(log, from_start=True).poll()
+    assert b.data == content
+    assert (b.start, b.end, b.line_count) == (0, len(content), 100)
+    assert [x.data for x in b.lines] == content.splitlines()
+    assert b.lines[1].offset == len(b"line 0\n")
 
 
 # One file through GlobTailer.poll --------------------------------------------------------------
