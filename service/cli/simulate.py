@@ -109,9 +109,9 @@ def parse_end(text: str) -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Write café web traffic in Apache combined format: exactly N lines over a time window "
-        "(bulk, deterministic for a seed) or R lines a second in real time, optionally with the "
-        "ground truth the pipeline must report."
+        f"{HELP}, in Apache combined format: exactly N lines over a time window (bulk, "
+        "byte-identical for a seed and end) or R lines a second in real time, optionally with "
+        "the ground truth the pipeline must report."
     )
     volume = parser.add_argument_group("how much")
     volume.add_argument(

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# What the geo module (consumers.geo.locator.UNKNOWN) reports for an address it cannot place:
-# city, region, country and continent alike.
-UNKNOWN = "Unknown"
+# What the geo module reports for an address it cannot place (city, region, country and
+# continent alike); the truth must use the very same words.
+from consumers.geo.locator import UNKNOWN, city_catalog_path
 
 
 class CatalogError(Exception):
@@ -26,9 +26,7 @@ class CatalogError(Exception):
 
 def default_catalog_path() -> Path:
     """The catalog shipped next to the embedded geo database."""
-    import consumers.geo
-
-    return Path(consumers.geo.__file__).parent / "data" / "cities.json"
+    return city_catalog_path()
 
 
 @dataclass(frozen=True, slots=True)

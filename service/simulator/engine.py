@@ -2,14 +2,15 @@
 
 Sessions arrive as a Poisson process whose rate follows the pace (lines wanted per second) divided
 by the expected lines per session; each arrival is a person (city chosen by local time, maybe a
-returning visitor) or a bot, in the mix that makes bots `bot_share` of the lines. A session's
+returning visitor) or a bot, in the mix that makes bots `BOT_LINE_SHARE` of the lines. A session's
 requests are planned when it starts; a heap keyed by each request's completion time merges all
 sessions in flight, which is the order in which Apache writes them.
 
-Counting the lines already planned ("committed") against the pace's target and nudging the
-arrival rate keeps the randomness of session lengths from accumulating, so bulk mode's N-th line
-falls just before the end of its window. Sessions start up to 20 minutes before the window
-(their earlier requests dropped), so the log opens mid-traffic as a real one does.
+Comparing the lines logged so far with the pace's target and nudging the arrival rate by the
+difference keeps the randomness of session lengths from accumulating, so bulk mode's N-th line
+falls just before the end of its window and real-time mode holds its rate. Sessions start up to
+20 minutes before the window (their earlier requests dropped), so the log opens mid-traffic as a
+real one does.
 
 Everything random comes from one seeded `random.Random`, consumed in an order that depends only
 on the seed and the arguments: the same inputs give the same bytes on any machine.
@@ -49,7 +50,6 @@ class SessionShape:
 
     human_lines: float  # lines per human session
     bot_lines: float  # lines per bot session
-    lead_ms: float  # mean time from a session's start to one of its lines being logged
 
 
 @functools.cache
@@ -60,7 +60,7 @@ def measure_sessions() -> SessionShape:
     changes, so it is computed once per process.
     """
     rng = random.Random(_CALIBRATION_SEED)
-    human_lines = human_weighted = human_lead = 0.0
+    human_lines = human_weighted = 0.0
     for number in range(_CALIBRATION_SESSIONS):
         browser = BROWSERS[number % len(BROWSERS)]
         person = Visitor("192.0.2.1", browser.agent, browser.agent, None, False, browser.mobile)
@@ -68,8 +68,7 @@ def measure_sessions() -> SessionShape:
             steps = human_steps(rng, person, 0, returning)
             human_lines += weight * len(steps)
             human_weighted += weight
-            human_lead += weight * sum(step.done for step in steps)
-    bot_lines = bot_lead = 0.0
+    bot_lines = 0.0
     total_weight = sum(family.weight for family in BOT_FAMILIES)
     bot_sessions = 0.0
     for family in BOT_FAMILIES:
@@ -81,12 +80,10 @@ def measure_sessions() -> SessionShape:
             )
             steps = bot_steps(rng, bot, 0)
             bot_lines += share / runs * len(steps)
-            bot_lead += share / runs * sum(step.done for step in steps)
         bot_sessions += share
     per_human = human_lines / human_weighted
     per_bot = bot_lines / bot_sessions
-    lead = (human_lead + bot_lead) / (human_lines + bot_lines)
-    return SessionShape(per_human, per_bot, lead)
+    return SessionShape(per_human, per_bot)
 
 
 class TrafficEngine:
@@ -121,7 +118,6 @@ class TrafficEngine:
         self.steering_ms = steering_ms
         self.warmup_ms = warmup_ms
         self.shape = measure_sessions()
-        self.committed = 0  # requests planned so far inside the window
         self.emitted = 0  # requests yielded so far
 
     def _plan(self, now: int) -> list[Step]:
@@ -131,7 +127,17 @@ class TrafficEngine:
         human_rate = level / self.shape.human_lines
         bot_rate = self.bot_level / self.shape.bot_lines
         if rng.random() * (human_rate + bot_rate) < bot_rate:
-            steps = bot_steps(rng, self.population.bot(rng), now)
+            bot = self.population.bot(rng, now)
+            start = now
+            family = bot.family
+            if family is not None and family.interval_s and bot.busy_until:
+                # A monitor keeps its phase: the next round starts on its schedule.
+                interval = family.interval_s * 1000
+                start = bot.busy_until + interval
+                if start < now:
+                    start += -(-(now - start) // interval) * interval
+            steps = bot_steps(rng, bot, start)
+            bot.busy_until = max(step.at for step in steps)
         else:
             person, returning = self.population.person(rng, now)
             steps = human_steps(rng, person, now, returning)
@@ -144,7 +150,6 @@ class TrafficEngine:
             for step in kept:
                 if step.done > horizon:
                     step.done = horizon  # logged at the very end of the window
-        self.committed += len(kept)
         return kept
 
     def _next_gap_ms(self, now: int) -> int:

@@ -39,6 +39,7 @@ class Visitor:
     family: BotFamily | None = None
     cached_assets: int = 0  # bit i set: the browser holds site.ASSETS[i] in its cache
     sessions: int = 0
+    busy_until: int = 0  # a monitor's last planned check (its current round runs until then)
     key: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -142,17 +143,26 @@ class Population:
 
     # Bots ---------------------------------------------------------------------------------------
 
-    def bot(self, rng: random.Random) -> Visitor:
-        family = BOT_FAMILIES[_pick(rng, self._family_cum)]
-        agent = family.agents[rng.randrange(len(family.agents))]
+    def bot(self, rng: random.Random, now_ms: int) -> Visitor:
+        """The bot of a new bot visit.
+
+        A monitor is one installation with one address and agent, checking on its interval; while
+        its current round of checks is still running, another kind of bot comes instead, so its
+        checks never double up however busy the site is.
+        """
+        while True:
+            family = BOT_FAMILIES[_pick(rng, self._family_cum)]
+            agent = family.agents[rng.randrange(len(family.agents))]
+            if not family.interval_s:
+                break
+            monitor = self._bots.get((family.name, agent))
+            if monitor is None:
+                break
+            if monitor.busy_until < now_ms:
+                return monitor
         ipv4, ipv6 = self._bot_networks[family.name]
         use_v6 = bool(ipv6) and rng.random() < 0.3
         ip = draw_address(rng, ipv6 if use_v6 else ipv4)
-        if family.interval_s:
-            # A monitor is one installation: the same address and agent every time it checks.
-            cached = self._bots.get((family.name, agent))
-            if cached is not None:
-                return cached
         visitor = Visitor(ip, agent, escape_field(agent), None, True, family=family)
         if family.interval_s:
             self._bots[(family.name, agent)] = visitor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -190,8 +191,13 @@ def test_every_path_kind_agrees_with_the_static_rule() -> None:
         assert is_static(path.split("?")[0]) == static, path
 
 
-def test_unknown_matches_the_geo_module() -> None:
-    locator = pytest.importorskip("consumers.geo.locator")
-    from service.simulator.catalog import UNKNOWN
-
-    assert locator.UNKNOWN == UNKNOWN
+def test_monitors_check_on_their_interval_without_doubling_up(traffic: Traffic) -> None:
+    checks = [hit for hit in traffic.hits if hit.agent.startswith("Uptime-Kuma/")]
+    assert len(checks) >= 10
+    by_address: dict[str, list[float]] = defaultdict(list)
+    for hit in checks:
+        by_address[hit.ip].append(hit.time.timestamp())
+    assert len(by_address) == 1  # one installation
+    (moments,) = by_address.values()
+    moments.sort()
+    assert min(b - a for a, b in itertools.pairwise(moments)) >= 55  # every 60 s, never twice
