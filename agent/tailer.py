@@ -451,6 +451,14 @@ class FileTailer:
         self.busy = True
         return None
 
+    def is_line_boundary(self, position: int) -> bool:
+        """Whether a line can start at `position`: the byte before it is a newline."""
+        if position == 0:
+            return True
+        if position > self.size:
+            return False
+        return os.pread(self.fd, 1, position - 1) == b"\n"
+
     def last_line_end(self) -> int:
         """The offset just past the file's last newline: 'start at the end' without half a line."""
         end = self.size
@@ -510,6 +518,7 @@ class GlobTailer:
         # Where reading stopped in contents no file holds right now (truncated away, closed).
         self._stopped_at: dict[str, tuple[int, float]] = {}
         self._scanned_at = 0.0
+        self._unreadable: set[str] = set()
         self._turn = 0
         self._closed = False
 
@@ -679,9 +688,11 @@ class GlobTailer:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and path not in self._unreadable:
+                self._unreadable.add(path)  # say it once, not every poll
                 log.warning("cannot open %s: %s", path, exc)
             return None
+        self._unreadable.discard(path)
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         if key in self._files:  # the name now points to a file already followed
@@ -843,9 +854,11 @@ class GlobTailer:
             position = stopped[0]
         elif digest in self._saved:
             position = self._saved[digest]
-            if position > reader.size:
+            if not reader.is_line_boundary(position):
+                # Not the checkpointed content after all (a different file whose first line is
+                # the same, or one rewritten while the agent was stopped): read it all.
                 log.warning(
-                    "%s is shorter than its checkpoint (%d > %d bytes); reading it from 0",
+                    "%s does not match its checkpoint at byte %d (size %d); reading it from 0",
                     reader.path,
                     position,
                     reader.size,

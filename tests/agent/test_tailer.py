@@ -335,3 +335,33 @@ def test_a_gigantic_line_is_scanned_in_steps_and_never_shipped_half(tmp_path: Pa
     append(log, b"\nnext\n")
     got = data_of(t.poll())
     assert got == [b"G" * (100 - len(TRUNCATION_MARKER)) + TRUNCATION_MARKER, b"next"]
+
+
+def test_a_checkpoint_that_does_not_fall_on_a_line_boundary_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    # Same first line, different content (a file rewritten while the agent was stopped): the
+    # checkpoint would resume mid-line, so the file is read from its start instead.
+    log = tmp_path / "access_log"
+    log.write_bytes(b"same first line\nold second line\nold third\n")
+    t = tailer(log, from_start=True)
+    key = t.poll()[0].file.key
+    t.close()
+    log.unlink()
+    log.write_bytes(b"same first line\nnew, longer second line\n")
+    t = tailer(log, saved={key: len(b"same first line\nold second line\n")})
+    assert data_of(t.poll()) == [b"same first line", b"new, longer second line"]
+
+
+def test_an_unreadable_file_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(b"line\n")
+    log.chmod(0)
+    if os.access(log, os.R_OK):
+        pytest.skip("running as root: permissions do not apply")
+    t = tailer(log)
+    for _ in range(3):
+        t.poll()
+    assert sum("cannot open" in r.message for r in caplog.records) == 1
