@@ -46,6 +46,7 @@ import fnmatch
 import glob
 import logging
 import os
+import resource
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -479,6 +480,22 @@ class FileTailer:
         self.maybe_more = False
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open descriptors to the hard one; returns the limit now in force.
+
+    Every followed file is one open descriptor (that is what lets a renamed or deleted file be
+    read to its end), and the usual soft limit of 1,024 is too few for a glob over many sites'
+    logs; the hard limit (often 2^20 in containers) is not.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
 def _holds(fd: int, digest: str) -> bool:
     try:
         fingerprint = read_fingerprint(fd)
@@ -632,6 +649,8 @@ class GlobTailer:
     def scan(self, startup: bool = False) -> None:
         """Match the path or glob, follow renames and deletions, detect replaced content."""
         now = time.monotonic()
+        if startup:
+            raise_open_files_limit()
         self._scanned_at = now
         seen: set[tuple[int, int]] = set()
         for path in self._matching_paths():

@@ -365,3 +365,16 @@ def test_an_unreadable_file_is_reported_once(
     for _ in range(3):
         t.poll()
     assert sum("cannot open" in r.message for r in caplog.records) == 1
+
+
+def test_more_files_than_the_usual_descriptor_limit(tmp_path: Path) -> None:
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    for i in range(1500):
+        (sites / f"{i:04d}.log").write_bytes(b"site %d first\n" % i)
+    t = tailer(sites / "*.log", from_start=True)
+    assert len(data_of(t.poll())) == 1500
+    for i in range(0, 1500, 7):
+        append(sites / f"{i:04d}.log", b"site %d second\n" % i)
+    assert len(data_of(t.poll())) == len(range(0, 1500, 7))
+    t.close()
