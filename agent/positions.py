@@ -256,10 +256,20 @@ class AckTracker:
             progress = self._files[identity.key] = _FileProgress(checkpoint, batch.start)
             self._dirty = True
         elif batch.start < progress.issued_end and batch.start == batch.end:
-            # Reading starts again below what was read (a restart resumes at the checkpoint, or
-            # a re-announcement): whatever is in flight above it will be read and sent again.
-            progress.issued_end = max(progress.checkpoint.offset, batch.start)
-            progress.pending = [r for r in progress.pending if r[1] <= progress.issued_end]
+            # Reading starts again below what was read: the content at this key is not what was
+            # checkpointed (the tailer found the checkpoint not to fit). The checkpoint follows
+            # reading down; nothing above it counts as acknowledged any more.
+            log.warning(
+                "reading of %s restarts at %d, below %d",
+                batch.path,
+                batch.start,
+                progress.issued_end,
+            )
+            progress.checkpoint.offset = batch.start
+            progress.issued_end = batch.start
+            progress.pending = []
+            progress.checkpoint.updated = now
+            self._dirty = True
             self._recount()
         checkpoint = progress.checkpoint
         if (checkpoint.device, checkpoint.inode, checkpoint.path) != (
@@ -273,7 +283,7 @@ class AckTracker:
                 batch.path,
             )
             self._dirty = True
-        elif batch.start > progress.issued_end:
+        if batch.start > progress.issued_end:
             # Reading jumped ahead of what was issued (it should not): count the jumped-over
             # bytes as done rather than wait forever for an acknowledgement that cannot come.
             log.warning(

@@ -325,3 +325,27 @@ def test_nothing_is_forgotten_before_the_tailer_reports_which_files_exist(tmp_pa
     again.live([FILE.key])  # the file is still there
     assert again.collect_garbage() == []
     assert again.committed(FILE.key) == 0
+
+
+def test_reading_restarting_below_the_checkpoint_moves_the_checkpoint_down(tmp_path: Path) -> None:
+    tracker, _ = make_tracker(tmp_path)
+    tracker.issued(batch(0, 0))
+    tracker.issued(batch(0, 100))
+    tracker.ack(Ack(FILE, 0, 100))
+    tracker.issued(batch(100, 200))
+    assert (tracker.committed(FILE.key), tracker.in_flight_bytes) == (100, 100)
+    tracker.issued(batch(0, 0))  # the tailer starts this content again from 0
+    assert (tracker.committed(FILE.key), tracker.in_flight_bytes) == (0, 0)
+
+
+def test_a_reading_jump_counts_the_skipped_bytes_as_done(tmp_path: Path) -> None:
+    tracker, _ = make_tracker(tmp_path)
+    tracker.issued(batch(0, 0))
+    moved = LineBatch(
+        FileIdentity(1, 43, FILE.fingerprint), "/var/log/access_log.1", 50, 100, [], []
+    )
+    tracker.issued(moved)  # another file (a copy), and ahead of what was issued
+    assert tracker.committed(FILE.key) == 50
+    tracker.ack(Ack(FILE, 50, 100))
+    assert tracker.committed(FILE.key) == 100
+    assert tracker.in_flight_bytes == 0
