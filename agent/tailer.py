@@ -298,6 +298,7 @@ class FileTailer:
         "policy",
         "position",
         "released_key",
+        "rotated",
         "size",
         "unmatched_since",
     )
@@ -334,6 +335,8 @@ class FileTailer:
         self.unmatched_since = now
         self.maybe_more = False
         self.busy = False  # stopped in the middle of a long line, not at the end of the file
+        # Renamed, unlinked, or a copy holding an old content's end: old lines, read first.
+        self.rotated = False
         self.found_at_startup = False
         self.backfill_until = 0
         # The key this file held before its content was replaced (it must not resume it).
@@ -536,6 +539,8 @@ class GlobTailer:
         self._stopped_at: dict[str, tuple[int, float]] = {}
         self._scanned_at = 0.0
         self._unreadable: set[str] = set()
+        # A scan found a rotation since the reading order was last made: make it again.
+        self._rotation_seen = False
         self._turn = 0
         self._closed = False
 
@@ -564,44 +569,56 @@ class GlobTailer:
         self.scan(startup=True)
         while not self._closed:
             progressed = False
-            readers = list(self._files.values())
-            if readers:
-                # Start each pass one file further, so a busy file cannot starve the others.
-                self._turn = (self._turn + 1) % len(readers)
-                readers = readers[self._turn :] + readers[: self._turn]
-            for reader in readers:
-                if not reader.maybe_more or reader.identity is None:
-                    continue
-                if reader.fd < 0:
-                    continue
-                if not self._flow.has_room():
-                    await self._wait_for_room()
-                    if self._closed:
-                        return
-                    if self._files.get((reader.device, reader.inode)) is not reader:
-                        continue  # closed by a scan while waiting: its descriptor is gone
-                batch = reader.read_batch(self.stats)
-                if batch is None:
-                    if reader.busy:
-                        progressed = True
+            scan_due = False
+            for reader in self._reading_order():
+                # A rotated file is read to its end before the others get a turn (finish the
+                # old file, then the new); any other file gives up its turn after one batch.
+                while reader.maybe_more and reader.identity is not None and reader.fd >= 0:
+                    if not self._flow.has_room():
+                        identity = reader.identity
+                        await self._wait_for_room()
+                        if self._closed:
+                            return
+                        if self._files.get((reader.device, reader.inode)) is not reader:
+                            break  # closed by a scan while waiting: its descriptor is gone
+                        if reader.identity is not identity or self._rotation_seen:
+                            break  # a scan while waiting changed what should be read first
+                    batch = reader.read_batch(self.stats)
+                    if batch is None:
+                        if reader.busy:
+                            progressed = True
+                            await asyncio.sleep(0)
+                            continue
+                        reader.maybe_more = False
+                        reader.eof_size = reader.size
+                        break
+                    progressed = True
+                    self._issue(reader, batch)
+                    if batch.has_lines:
+                        yield batch
+                    else:
                         await asyncio.sleep(0)
-                        continue
-                    reader.maybe_more = False
-                    reader.eof_size = reader.size
-                    continue
-                progressed = True
-                self._issue(reader, batch)
-                if batch.has_lines:
-                    yield batch
-                else:
-                    await asyncio.sleep(0)
-                if time.monotonic() - self._scanned_at >= interval:
+                    scan_due = time.monotonic() - self._scanned_at >= interval
+                    if scan_due or not reader.rotated:
+                        break
+                if scan_due:
                     break
             elapsed = time.monotonic() - self._scanned_at
             if not progressed and elapsed < interval:
                 await asyncio.sleep(interval - elapsed)
             if time.monotonic() - self._scanned_at >= interval:
                 self.scan()
+
+    def _reading_order(self) -> list[FileTailer]:
+        """Rotated files first; the others from a different one each pass, so that a busy file
+        cannot starve the rest."""
+        self._rotation_seen = False
+        readers = list(self._files.values())
+        if not readers:
+            return readers
+        self._turn = (self._turn + 1) % len(readers)
+        readers = readers[self._turn :] + readers[: self._turn]
+        return [r for r in readers if r.rotated] + [r for r in readers if not r.rotated]
 
     async def _wait_for_room(self) -> None:
         """Wait for acknowledgements, still scanning meanwhile: files rotate during a stall too,
@@ -620,7 +637,7 @@ class GlobTailer:
         """
         self.scan(startup=self._scanned_at == 0.0)
         batches: list[LineBatch] = []
-        for reader in list(self._files.values()):
+        for reader in self._reading_order():
             while reader.identity is not None and reader.maybe_more:
                 batch = reader.read_batch(self.stats)
                 if batch is None:
@@ -670,10 +687,13 @@ class GlobTailer:
                 if reader is None:
                     continue
                 seen.add((reader.device, reader.inode))
+            if reader.path != path:
+                reader.rotated = self._rotation_seen = True
             reader.path = path
             reader.matched = True
         for key, reader in list(self._files.items()):
             if key not in seen and reader.matched:
+                reader.rotated = self._rotation_seen = True
                 reader.matched = False
                 reader.unmatched_since = now
                 self.stats.rotations += 1
@@ -833,6 +853,7 @@ class GlobTailer:
             now = time.monotonic()
             reader = self._open_fd(candidate, fd, now)
             reader.matched = False  # not ours to follow: read to its end, then close
+            reader.rotated = self._rotation_seen = True
             self._refresh(reader, now, startup=False)
             return candidate
         return None
@@ -871,6 +892,7 @@ class GlobTailer:
                 self._stopped_at[digest] = stopped
         elif stopped is not None:
             position = stopped[0]
+            reader.rotated = self._rotation_seen = True  # a copy: the end of an old content
         elif digest in self._saved:
             position = self._saved[digest]
             if not reader.is_line_boundary(position):
