@@ -768,11 +768,13 @@ class GlobTailer:
         """Truncation or copytruncate: the old content lives on (if at all) in a copy."""
         assert reader.fingerprint is not None
         digest = reader.fingerprint.digest
-        self.stats.truncations += 1
-        log.info(
-            "%s was truncated at byte %d; reading it again from 0", reader.path, reader.position
-        )
         if self._holders.get(digest) is reader:
+            self.stats.truncations += 1
+            log.info(
+                "%s was truncated at byte %d; reading it again from 0",
+                reader.path,
+                reader.position,
+            )
             del self._holders[digest]
             self._stopped_at[digest] = (reader.resume_position, now)
             if not self._find_copy(reader, digest):
