@@ -405,3 +405,58 @@ async def test_rotation_during_a_downstream_stall_loses_nothing(
     t.close()
     # Exactly once, and in order: the old content to its end, then the new file.
     assert seqs(received) == list(range(5200))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["create", "copytruncate"])
+@pytest.mark.parametrize("pattern", ["access_log", "access_log*"])
+async def test_the_simulators_own_rotation_while_it_writes(
+    tmp_path: Path, mode: str, pattern: str
+) -> None:
+    clickstream = shutil.which("clickstream", path=str(Path(sys.executable).parent))
+    if clickstream is None:
+        pytest.skip("the clickstream command is not installed in this environment")
+    log = tmp_path / "access_log"
+    count = 8000
+    settings = AgentConfig(
+        path=str(tmp_path / pattern), from_start=True, poll_interval_s=0.1, rotate_wait_s=1.0
+    )
+    t = GlobTailer(settings, saved=None)
+    read: collections.Counter[bytes] = collections.Counter()
+
+    async def follow() -> None:
+        async for batch in t.batches():
+            read.update(x.data for x in batch.lines)
+
+    follower = asyncio.create_task(follow())
+    simulate = await asyncio.create_subprocess_exec(
+        *[clickstream, "simulate", "--rate", "4000", "--lines", str(count), "--out", str(log)],
+        *["--rotate-every", "1500", "--rotate-mode", mode, "--rotate-keep", "20", "--seed", "3"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(simulate.communicate(), timeout=60)
+        assert simulate.returncode == 0, stderr.decode()
+        on_disk = lines_on_disk(tmp_path)
+        assert sum(on_disk.values()) == count  # the simulator rotates without losing lines
+        deadline = time.monotonic() + 15
+        while read != on_disk and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # anything read twice shows up now
+    finally:
+        follower.cancel()
+        t.close()
+    assert rotated_files(tmp_path) == count // 1500
+    assert read - on_disk == collections.Counter(), "read more often than written"
+    assert on_disk - read == collections.Counter(), "written but never read"
+
+
+def lines_on_disk(directory: Path) -> collections.Counter[bytes]:
+    found: collections.Counter[bytes] = collections.Counter()
+    for path in directory.glob("access_log*"):
+        found.update(path.read_bytes().splitlines())
+    return found
+
+
+def rotated_files(directory: Path) -> int:
+    return len(list(directory.glob("access_log.*")))
