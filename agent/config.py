@@ -65,7 +65,9 @@ class AgentConfig:
     max_in_flight_bytes: int = 16 * MIB
     linger_ms: int = 250
     aggregate: bool = True
-    checkpoint_interval_s: float = 1.0
+    # How often acknowledged positions are written (temp file, fsync, rename, fsync): lines
+    # acknowledged since the last write are sent again after a crash, so keep this short.
+    checkpoint_interval_s: float = 0.25
     # No acknowledgement for this long while lines are in flight: report the agent as stalled.
     stall_timeout_s: float = 60.0
     metrics_port: int | None = 9108
@@ -85,6 +87,10 @@ class AgentConfig:
                 f"max_in_flight_bytes must be >= read_chunk_bytes ({self.read_chunk_bytes}),"
                 f" got {self.max_in_flight_bytes}"
             )
+        if self.checkpoint_interval_s <= 0:
+            problems.append(f"checkpoint_interval_s must be > 0, got {self.checkpoint_interval_s}")
+        if self.rotate_wait_s < 0:
+            problems.append(f"rotate_wait_s must be >= 0, got {self.rotate_wait_s}")
         if self.linger_ms < 0:
             problems.append(f"linger_ms must be >= 0, got {self.linger_ms}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
