@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, chain
+from itertools import chain
 from typing import Any
 
 import aws_kinesis_agg
@@ -219,9 +219,8 @@ class RecordBuilder:
             raise ValueError("a chunk must end with a newline (complete lines only)")
         datas = chunk.split(b"\n")
         datas.pop()
-        offsets = accumulate((len(d) + 1 for d in datas), initial=offset)
         batch = Batch(file, offset, offset + len(chunk), len(datas), len(chunk))
-        self._add(file, datas, offsets, batch, now)
+        self._add(file, datas, None, offset, batch, now)
         return batch
 
     def add_lines(self, lines: Sequence[Line], now: float) -> list[Batch]:
@@ -232,7 +231,7 @@ class RecordBuilder:
             datas = [line.data for line in run]
             nbytes = sum(map(len, datas)) + len(datas)
             batch = Batch(first.file, first.offset, last.end, len(run), nbytes)
-            self._add(first.file, datas, (line.offset for line in run), batch, now)
+            self._add(first.file, datas, [line.offset for line in run], 0, batch, now)
             batches.append(batch)
         return batches
 
@@ -240,38 +239,45 @@ class RecordBuilder:
         self,
         file: FileIdentity,
         datas: list[bytes],
-        offsets: Iterable[int],
+        offsets: list[int] | None,
+        offset: int,
         batch: Batch,
         now: float,
     ) -> None:
-        """Route every line to its shard, then pack each shard's lines (two tight loops)."""
+        """Route every line to its shard, then pack each shard's lines (two tight loops).
+
+        `offsets` are the lines' offsets, or None when the lines are contiguous from `offset`.
+        """
         prefix = file.fingerprint.encode() + b":"
         route = self._route
-        n = len(self._open)
-        g_route: list[list[_Route]] = [[] for _ in range(n)]
-        g_data: list[list[bytes]] = [[] for _ in range(n)]
-        g_off: list[list[int]] = [[] for _ in range(n)]
-        for data, off in zip(datas, offsets, strict=False):
-            space = data.find(b" ")
-            r = route.get(data if space < 0 else data[:space])
-            if r.__class__ is not tuple:
-                r = self._resolve(data, space, r, prefix, off)
-            idx = r[1]
-            g_route[idx].append(r)
-            g_data[idx].append(data)
-            g_off[idx].append(off)
+        groups: list[list[tuple[_Route, bytes, int]]] = [[] for _ in self._open]
+        appends = [g.append for g in groups]
+        if offsets is None:  # contiguous lines (a chunk): offsets follow from the lengths
+            off = offset
+            for data in datas:
+                space = data.find(b" ")
+                r = route.get(data if space < 0 else data[:space])
+                if r.__class__ is not tuple:
+                    r = self._resolve(data, space, r, prefix, off)
+                appends[r[1]]((r, data, off))
+                off += len(data) + 1
+        else:
+            for data, off in zip(datas, offsets, strict=True):
+                space = data.find(b" ")
+                r = route.get(data if space < 0 else data[:space])
+                if r.__class__ is not tuple:
+                    r = self._resolve(data, space, r, prefix, off)
+                appends[r[1]]((r, data, off))
         pack = self._pack if self.aggregate else self._pack_single
-        for idx in range(n):
-            if g_data[idx]:
-                pack(idx, g_route[idx], g_data[idx], g_off[idx], prefix, batch, now)
+        for idx, group in enumerate(groups):
+            if group:
+                pack(idx, group, prefix, batch, now)
         self.lines_added += batch.lines
 
     def _pack(
         self,
         idx: int,
-        routes: list[_Route],
-        datas: list[bytes],
-        offsets: list[int],
+        group: list[tuple[_Route, bytes, int]],
         prefix: bytes,
         batch: Batch,
         now: float,
@@ -284,14 +290,14 @@ class RecordBuilder:
         """
         o = self._open[idx]
         if o is None:
-            o = self._open[idx] = _Open(routes[0][0], self.max_record_bytes, now)
+            o = self._open[idx] = _Open(group[0][0][0], self.max_record_bytes, now)
         _join(o, batch)
         pk_index, pk_parts, append = o.pk_index, o.pk_parts, o.parts.append
         size, budget, lines = o.size, o.budget, o.lines
         varints, small = _VARINT, _SMALL
         base = len(prefix) + 1
         threshold = digits = 0
-        for r, data, off in zip(routes, datas, offsets, strict=True):
+        for r, data, off in group:
             if off >= threshold:  # offsets only grow within a batch
                 digits = len(str(off))
                 threshold = 10**digits
@@ -390,9 +396,7 @@ class RecordBuilder:
     def _pack_single(
         self,
         idx: int,
-        routes: list[_Route],
-        datas: list[bytes],
-        offsets: list[int],
+        group: list[tuple[_Route, bytes, int]],
         prefix: bytes,
         batch: Batch,
         now: float,
@@ -401,7 +405,7 @@ class RecordBuilder:
         shard_id = self._map.shards[idx].shard_id
         sealed = self._sealed[idx]
         total = 0
-        for r, data, off in zip(routes, datas, offsets, strict=True):
+        for r, data, off in group:
             pk = r[0]
             payload = b"%b%d\t%b" % (prefix, off, data)
             limit = self.max_record_bytes - len(pk)
@@ -411,7 +415,7 @@ class RecordBuilder:
             record = OutRecord(shard_id, pk, None, payload, 1, [batch], now)
             sealed.append(record)
             total += record.size
-        batch.pending += len(datas)
+        batch.pending += len(group)
         self._sealed_bytes[idx] += total
 
     # ---- output ------------------------------------------------------------------------------

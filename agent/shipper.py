@@ -36,7 +36,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -53,6 +53,18 @@ from agent.records import (
 from agent.shardmap import ShardMap, ShardMapError
 
 log = logging.getLogger(__name__)
+
+
+class TailedBatch(Protocol):
+    """What the shipper reads of `agent.tailer.LineBatch` (complete lines of one file)."""
+
+    file: FileIdentity
+    start: int
+    data: bytes | None
+
+    @property
+    def lines(self) -> Sequence[Line]: ...
+
 
 MIB = 1024 * 1024
 
@@ -240,6 +252,13 @@ class Shipper:
         await self.wait_for_room()
         if chunk:
             self._accept([self._require_builder().add_chunk(file, offset, chunk, self._clock())])
+
+    async def submit_batch(self, batch: TailedBatch) -> None:
+        """Queue one batch from the tailer: its bytes whole when it has them, else its lines."""
+        if batch.data is not None:
+            await self.submit_chunk(batch.file, batch.start, batch.data)
+        else:
+            await self.submit(batch.lines)
 
     def _require_builder(self) -> RecordBuilder:
         if self._builder is None:
