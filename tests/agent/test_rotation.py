@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import random
 import shutil
 import signal
 import subprocess
@@ -460,3 +462,107 @@ def lines_on_disk(directory: Path) -> collections.Counter[bytes]:
 
 def rotated_files(directory: Path) -> int:
     return len(list(directory.glob("access_log.*")))
+
+
+# Random interleavings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("ROTATION_SEEDS", "12"))))
+def test_random_interleavings_of_writes_rotations_and_reads(tmp_path: Path, seed: int) -> None:
+    """Appends (whole and split lines), rename+create and copytruncate rotations, deletions and
+    truncations, in a random order with reads in between: every line is read exactly once, and
+    in the order written (the old file is finished before the new one)."""
+    rnd = random.Random(seed)
+    pattern = "access_log*" if seed % 2 else "access_log"
+    log = tmp_path / "access_log"
+    t = tailer(tmp_path / pattern, rotate_wait_s=rnd.choice([0.0, 60.0]), read_chunk_bytes=4096)
+    writer = log.open("ab", buffering=0)
+    t.poll()  # the agent is running before the first line is written
+    written = 0
+    half: bytes | None = None  # the second half of a line split across writes
+    rotations = 0
+    read: list[int] = []
+    for _ in range(300):
+        action = rnd.random()
+        if action < 0.45:
+            if half is not None:
+                writer.write(half)
+                half = None
+            batch = lines(written, written + rnd.randint(1, 40))
+            written += batch.count(b"\n")
+            if rnd.random() < 0.3:  # end on half a line
+                extra = line(written)
+                cut = rnd.randint(1, len(extra) - 1)
+                writer.write(batch + extra[:cut])
+                half = extra[cut:]
+                written += 1
+            else:
+                writer.write(batch)
+        elif action < 0.55:
+            # The agent polls far more often than logs rotate: it has seen the file recently,
+            # but lines may have come since (the race every rotation scheme must survive).
+            # (A file whose whole content comes and goes between two polls is another matter: a
+            # single path cannot see it, a glob over the rotated names can.)
+            read.extend(seqs(t.poll()))
+            if rnd.random() < 0.5 and half is None and followed(t, log):
+                writer.write(lines(written, written + 2))
+                written += 2
+            rotations += 1
+            for n in range(rotations - 1, 0, -1):
+                older = tmp_path / f"access_log.{n}"
+                if older.exists():
+                    older.rename(tmp_path / f"access_log.{n + 1}")
+            if rnd.random() < 0.5:
+                log.rename(tmp_path / "access_log.1")
+                if rnd.random() < 0.5 and half is None:  # the server writes on before reopening
+                    late = lines(written, written + 3)
+                    writer.write(late)
+                    written += 3
+                if half is not None:  # finish the split line in the old file
+                    writer.write(half)
+                    half = None
+                writer.close()
+                writer = log.open("ab", buffering=0)
+            else:
+                if half is not None:
+                    writer.write(half)
+                    half = None
+                shutil.copyfile(log, tmp_path / "access_log.1")
+                os.ftruncate(writer.fileno(), 0)
+        elif action < 0.60:  # deleted (the server keeps writing to it until it reopens)
+            if half is not None:
+                writer.write(half)
+                half = None
+            read.extend(seqs(t.poll()))
+            if followed(t, log):
+                log.unlink()
+                writer.write(lines(written, written + 2))
+                written += 2
+                writer.close()
+                writer = log.open("ab", buffering=0)
+        elif action < 0.65:  # truncated in place, everything in it already read
+            if half is not None:
+                writer.write(half)
+                half = None
+            read.extend(seqs(t.poll()))
+            os.ftruncate(writer.fileno(), 0)
+        else:
+            read.extend(seqs(t.poll()))
+    if half is not None:
+        writer.write(half)
+    writer.close()
+    for _ in range(3):
+        read.extend(seqs(t.poll()))
+    t.close()
+    counts = collections.Counter(read)
+    assert [n for n, c in counts.items() if c > 1] == [], "read twice"
+    assert sorted(set(range(written)) - set(counts)) == [], "never read"
+    assert read == sorted(read), "out of order"
+
+
+def followed(t: GlobTailer, log: Path) -> bool:
+    """Whether the tailer holds the file now at `log` (it has seen a complete line of it)."""
+    inode = log.stat().st_ino
+    return any(
+        reader.inode == inode and reader.identity is not None for reader in t._files.values()
+    )
