@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,27 +192,32 @@ async def run_pipeline(
     return {"lines": read, "wall_s": wall, "cpu_s": cpu, "records": int(sent)}
 
 
-async def run_moto(path: Path, lines: int, aggregate: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def moto_process() -> Iterator[str]:
+    """`clickstream local-aws` in its own process, so the figures are the agent's alone."""
+    command = [sys.executable, "-m", "service.cli", "local-aws", "--port", "0"]
+    env = {**os.environ, "CLICKSTREAM_STATE_DIR": tempfile.mkdtemp(prefix="bench-moto-")}
+    moto = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    try:
+        assert moto.stdout is not None
+        yield moto.stdout.readline().strip().split("=", 1)[1]
+    finally:
+        moto.terminate()
+        moto.wait(10)
+
+
+async def run_moto(path: Path, size: int, lines: int, aggregate: bool) -> dict[str, Any]:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
-    from service.local_stack import MotoServer
-
-    with MotoServer() as server:
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": server.endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-            }
-        )
-        config = AioConfig(retries={"total_max_attempts": 1}, read_timeout=120)
-        async with get_session().create_client(
-            "kinesis", region_name="us-east-1", config=config
-        ) as client:
-            await client.create_stream(StreamName="bench", ShardCount=2)
-            size = path.stat().st_size  # noqa: ASYNC240  # before the clock starts
-            return await run_pipeline(path, size, lines, aggregate, client, "bench")
+    config = AioConfig(retries={"total_max_attempts": 1}, read_timeout=120)
+    async with get_session().create_client(
+        "kinesis", region_name="us-east-1", config=config
+    ) as client:
+        await client.create_stream(StreamName="bench", ShardCount=2)
+        return await run_pipeline(path, size, lines, aggregate, client, "bench")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -223,7 +230,16 @@ def child(args: argparse.Namespace) -> None:
             run_pipeline(path, size, args.lines, args.aggregate, StubKinesis(), "stub")
         )
     else:
-        result = asyncio.run(run_moto(path, args.lines, args.aggregate))
+        with moto_process() as endpoint:
+            os.environ.update(
+                {
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                }
+            )
+            size = path.stat().st_size
+            result = asyncio.run(run_moto(path, size, args.lines, args.aggregate))
     result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
 
