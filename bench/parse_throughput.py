@@ -75,8 +75,10 @@ MALFORMED = (
 )
 
 
-def builtin_lines(count: int, seed: int, lab_json: bool = False) -> list[bytes]:
-    """`count` lines of café-like traffic over six hours, deterministic for a seed.
+def builtin_lines(
+    count: int, seed: int, lab_json: bool = False, span: int = 6 * 3600
+) -> list[bytes]:
+    """`count` lines of café-like traffic over `span` seconds, deterministic for a seed.
 
     Apache combined format, or with `lab_json` the course lab's JSON `LogFormat`.
     """
@@ -92,7 +94,6 @@ def builtin_lines(count: int, seed: int, lab_json: bool = False) -> list[bytes]:
             agent = QUOTED_AGENT
         visitors.append((ip, agent))
     start = 1_795_000_000
-    span = 6 * 3600
     lines: list[bytes] = []
 
     def add(

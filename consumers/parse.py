@@ -173,16 +173,23 @@ def _parse_combined_quickly(s: str) -> Hit | None:
     request = _requests.get(parts[1])
     if request is None:
         request = _request_fields(parts[1])
+    method, path, query, protocol = request
+    status, bytes_sent = status_and_size
+    time, utc_offset_minutes = when
     referer = parts[3]
     user_agent = parts[5]
     hit = _MutableHit(
         client_ip,
         ident,
         user,
-        when[0],
-        when[1],
-        *request,
-        *status_and_size,
+        time,
+        utc_offset_minutes,
+        method,
+        path,
+        query,
+        protocol,
+        status,
+        bytes_sent,
         None if referer == "-" else referer,
         None if user_agent == "-" else user_agent,
         None,
@@ -419,7 +426,8 @@ def _apache_time(stamp: str) -> tuple[float, int] | None:
         stamp[22:24],
         stamp[24:26],
     )
-    if not _all_digits(minute, second, offset_hours, offset_minutes):
+    digits = minute + second + offset_hours + offset_minutes
+    if not (digits.isdigit() and digits.isascii()):
         return None
     m, sec, oh, om = int(minute), int(second), int(offset_hours), int(offset_minutes)
     if m > 59 or sec > 59 or oh > 23 or om > 59:
@@ -440,18 +448,14 @@ def _apache_hour(day_hour: str) -> int | None:
         return None
     day, year, hour = day_hour[0:2], day_hour[7:11], day_hour[12:14]
     month = _MONTHS.get(day_hour[3:6])
-    if month is None or not _all_digits(day, year, hour) or int(hour) > 23:
+    digits = day + year + hour
+    if month is None or not (digits.isdigit() and digits.isascii()) or int(hour) > 23:
         return None
     try:
         ordinal = date(int(year), month, int(day)).toordinal()
     except ValueError:
         return None
     return (ordinal - _EPOCH_ORDINAL) * 86400 + int(hour) * 3600
-
-
-def _all_digits(*texts: str) -> bool:
-    """True if every text is non-empty ASCII digits (`str.isdigit` alone accepts '²' and '٣')."""
-    return all(t.isdigit() and t.isascii() for t in texts)
 
 
 def _canonical_address(text: str) -> str:
@@ -623,7 +627,9 @@ def _json_time(text: str) -> tuple[float, int | None] | None:
     +0000]` (`%t`) and whatever else `datetime.fromisoformat` reads.
     """
     n = len(text)
-    if n == 19 or (n == 24 and text[19] == "." and text[23] == "Z" and _all_digits(text[20:23])):
+    if n == 19 or (
+        n == 24 and text[19] == "." and text[23] == "Z" and text[20:23].isdigit() and text.isascii()
+    ):
         seconds = _iso_seconds.get(text[:19])
         if seconds is None:
             seconds = _iso_naive_seconds(text[:19])
@@ -657,7 +663,8 @@ def _iso_naive_seconds(text: str) -> float | None:
     ):
         return None
     fields = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
-    if not _all_digits(*fields):
+    digits = "".join(fields)
+    if not (digits.isdigit() and digits.isascii()):
         return None
     year, month, day, hour, minute, second = (int(f) for f in fields)
     try:
