@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
+from agent.models import Ack
 from agent.tailer import GlobTailer, LineBatch
 
 
@@ -467,102 +468,178 @@ def rotated_files(directory: Path) -> int:
 # Random interleavings --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("ROTATION_SEEDS", "12"))))
-def test_random_interleavings_of_writes_rotations_and_reads(tmp_path: Path, seed: int) -> None:
-    """Appends (whole and split lines), rename+create and copytruncate rotations, deletions and
-    truncations, in a random order with reads in between: every line is read exactly once, and
-    in the order written (the old file is finished before the new one)."""
-    rnd = random.Random(seed)
-    pattern = "access_log*" if seed % 2 else "access_log"
-    log = tmp_path / "access_log"
-    t = tailer(tmp_path / pattern, rotate_wait_s=rnd.choice([0.0, 60.0]), read_chunk_bytes=4096)
-    writer = log.open("ab", buffering=0)
-    t.poll()  # the agent is running before the first line is written
-    written = 0
-    half: bytes | None = None  # the second half of a line split across writes
-    rotations = 0
-    read: list[int] = []
-    for _ in range(300):
-        action = rnd.random()
-        if action < 0.45:
-            if half is not None:
-                writer.write(half)
-                half = None
-            batch = lines(written, written + rnd.randint(1, 40))
-            written += batch.count(b"\n")
-            if rnd.random() < 0.3:  # end on half a line
-                extra = line(written)
-                cut = rnd.randint(1, len(extra) - 1)
-                writer.write(batch + extra[:cut])
-                half = extra[cut:]
-                written += 1
-            else:
-                writer.write(batch)
-        elif action < 0.55:
+class Scenario:
+    """A log being written and rotated, and an agent reading it (and maybe restarting).
+
+    Every read batch is acknowledged at once; a restart saves the checkpoint first (a graceful
+    stop), so no line may be read twice and none may be missed, in any interleaving the steps
+    allow. What the steps do not allow is what no polling tailer can promise: a file whose whole
+    content comes and goes between two looks (only a glob over rotated names could catch it),
+    and truncation of lines that were never read.
+    """
+
+    def __init__(self, directory: Path, pattern: str, rnd: random.Random) -> None:
+        from agent.positions import AckTracker, PositionStore
+
+        self.rnd = rnd
+        self.dir = directory
+        self.log = directory / "access_log"
+        self.settings = AgentConfig(
+            path=str(directory / pattern),
+            from_start=True,
+            state_dir=directory / "state",
+            rotate_wait_s=rnd.choice([0.0, 60.0]),
+            read_chunk_bytes=4096,
+        )
+        self.new_tracker = lambda: AckTracker(
+            PositionStore(self.settings.positions_file), self.settings
+        )
+        self.tracker = self.new_tracker()
+        self.tailer: GlobTailer | None = GlobTailer(
+            self.settings, saved=self.tracker.load(), flow=self.tracker
+        )
+        self.writer = self.log.open("ab", buffering=0)
+        self.written = 0
+        self.half: bytes | None = None  # the rest of a line split across writes
+        self.rotations = 0
+        self.rotated_while_down = 0
+        self.read: list[int] = []
+        self.poll()  # the agent is running before the first line is written
+
+    @property
+    def up(self) -> bool:
+        return self.tailer is not None
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        self.written += data.count(b"\n")
+
+    def finish_half(self) -> None:
+        if self.half is not None:
+            self.writer.write(self.half)
+            self.half = None
+
+    def poll(self) -> None:
+        if self.tailer is None:  # start again from the checkpoint file
+            self.tracker = self.new_tracker()
+            self.tailer = GlobTailer(
+                self.settings,
+                saved=self.tracker.load(),
+                flow=self.tracker,
+                saved_paths=self.tracker.saved_paths(),
+            )
+        for batch in self.tailer.poll():
+            self.read.extend(int(x.data[:8]) for x in batch.lines)
+            self.tracker.ack(Ack(batch.file, batch.start, batch.end))
+
+    def followed(self) -> bool:
+        """Whether the agent holds the file now at `log` (it has seen a complete line of it)."""
+        if self.tailer is None:
+            return False
+        inode = self.log.stat().st_ino
+        return any(r.inode == inode and r.identity is not None for r in self.tailer._files.values())
+
+    def append(self) -> None:
+        self.finish_half()
+        self.write(lines(self.written, self.written + self.rnd.randint(1, 40)))
+        if self.rnd.random() < 0.3:  # end on half a line
+            extra = line(self.written)
+            cut = self.rnd.randint(1, len(extra) - 1)
+            self.writer.write(extra[:cut])
+            self.half = extra[cut:]
+            self.written += 1
+
+    def rotate(self) -> None:
+        if self.up:
             # The agent polls far more often than logs rotate: it has seen the file recently,
             # but lines may have come since (the race every rotation scheme must survive).
-            # (A file whose whole content comes and goes between two polls is another matter: a
-            # single path cannot see it, a glob over the rotated names can.)
-            read.extend(seqs(t.poll()))
-            if rnd.random() < 0.5 and half is None and followed(t, log):
-                writer.write(lines(written, written + 2))
-                written += 2
-            rotations += 1
-            for n in range(rotations - 1, 0, -1):
-                older = tmp_path / f"access_log.{n}"
-                if older.exists():
-                    older.rename(tmp_path / f"access_log.{n + 1}")
-            if rnd.random() < 0.5:
-                log.rename(tmp_path / "access_log.1")
-                if rnd.random() < 0.5 and half is None:  # the server writes on before reopening
-                    late = lines(written, written + 3)
-                    writer.write(late)
-                    written += 3
-                if half is not None:  # finish the split line in the old file
-                    writer.write(half)
-                    half = None
-                writer.close()
-                writer = log.open("ab", buffering=0)
-            else:
-                if half is not None:
-                    writer.write(half)
-                    half = None
-                shutil.copyfile(log, tmp_path / "access_log.1")
-                os.ftruncate(writer.fileno(), 0)
-        elif action < 0.60:  # deleted (the server keeps writing to it until it reopens)
-            if half is not None:
-                writer.write(half)
-                half = None
-            read.extend(seqs(t.poll()))
-            if followed(t, log):
-                log.unlink()
-                writer.write(lines(written, written + 2))
-                written += 2
-                writer.close()
-                writer = log.open("ab", buffering=0)
-        elif action < 0.65:  # truncated in place, everything in it already read
-            if half is not None:
-                writer.write(half)
-                half = None
-            read.extend(seqs(t.poll()))
-            os.ftruncate(writer.fileno(), 0)
+            self.poll()
+            if self.rnd.random() < 0.5 and self.half is None and self.followed():
+                self.write(lines(self.written, self.written + 2))
+        elif self.rotated_while_down or not self.current_was_followed:
+            return  # its content would come and go unseen
         else:
-            read.extend(seqs(t.poll()))
-    if half is not None:
-        writer.write(half)
-    writer.close()
-    for _ in range(3):
-        read.extend(seqs(t.poll()))
-    t.close()
+            self.rotated_while_down += 1
+        self.rotations += 1
+        for n in range(self.rotations - 1, 0, -1):
+            older = self.dir / f"access_log.{n}"
+            if older.exists():
+                older.rename(self.dir / f"access_log.{n + 1}")
+        if self.rnd.random() < 0.5:
+            self.log.rename(self.dir / "access_log.1")
+            if self.rnd.random() < 0.5 and self.half is None:  # written before the reopen
+                self.write(lines(self.written, self.written + 3))
+            self.finish_half()
+            self.writer.close()
+            self.writer = self.log.open("ab", buffering=0)
+        else:
+            self.finish_half()
+            shutil.copyfile(self.log, self.dir / "access_log.1")
+            os.ftruncate(self.writer.fileno(), 0)
+
+    def delete(self) -> None:
+        """Deleted; the server writes on to it until it reopens its log."""
+        if not self.up:
+            return
+        self.finish_half()
+        self.poll()
+        if self.followed():
+            self.log.unlink()
+            self.write(lines(self.written, self.written + 2))
+            self.writer.close()
+            self.writer = self.log.open("ab", buffering=0)
+
+    def truncate(self) -> None:
+        """Truncated in place, everything in it already read."""
+        if not self.up:
+            return
+        self.finish_half()
+        self.poll()
+        os.ftruncate(self.writer.fileno(), 0)
+
+    def restart(self) -> None:
+        if not self.up:
+            return
+        assert self.tailer is not None
+        self.poll()
+        self.current_was_followed = self.followed()
+        self.tracker.save(force=True)
+        self.tailer.close()
+        self.tailer = None
+        self.rotated_while_down = 0
+
+    def finish(self) -> list[int]:
+        self.finish_half()
+        self.writer.close()
+        for _ in range(3):
+            self.poll()
+        assert self.tailer is not None
+        self.tailer.close()
+        return self.read
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("ROTATION_SEEDS", "16"))))
+def test_random_interleavings_of_writes_rotations_restarts_and_reads(
+    tmp_path: Path, seed: int
+) -> None:
+    """Appends (whole and split lines), rename+create and copytruncate rotations, deletions,
+    truncations and agent restarts (rotations while it is down too), in a random order with
+    reads in between: every line is read exactly once, and in the order written (the old file
+    is finished before the new one)."""
+    rnd = random.Random(seed)
+    scenario = Scenario(tmp_path, "access_log*" if seed % 2 else "access_log", rnd)
+    steps = [
+        (0.45, scenario.append),
+        (0.10, scenario.rotate),
+        (0.03, scenario.delete),
+        (0.03, scenario.truncate),
+        (0.04, scenario.restart),
+        (0.35, scenario.poll),
+    ]
+    for _ in range(300):
+        rnd.choices([step for _, step in steps], weights=[w for w, _ in steps])[0]()
+    read = scenario.finish()
     counts = collections.Counter(read)
     assert [n for n, c in counts.items() if c > 1] == [], "read twice"
-    assert sorted(set(range(written)) - set(counts)) == [], "never read"
+    assert sorted(set(range(scenario.written)) - set(counts)) == [], "never read"
     assert read == sorted(read), "out of order"
-
-
-def followed(t: GlobTailer, log: Path) -> bool:
-    """Whether the tailer holds the file now at `log` (it has seen a complete line of it)."""
-    inode = log.stat().st_ino
-    return any(
-        reader.inode == inode and reader.identity is not None for reader in t._files.values()
-    )
