@@ -12,10 +12,16 @@ Three layers, from pure to I/O:
   by the same two rules: a file is followed through its open descriptor, never through its name;
   and reading positions belong to a *content* (fingerprint), not to a file.
 
+Order: each batch is in file order, and a file that was rotated away (renamed, deleted, or a
+copy holding the end of a truncated content) is read to its end before the files that replaced
+it, so lines leave in the order they were written.
+
 Flow control: reading is pull-based (an async generator stops at `yield` when nobody asks for the
 next batch) and, before each read, waits on `FlowControl.wait_for_room()`, which the checkpoint
 side (`agent.positions.AckTracker`) blocks while too many bytes are read but not acknowledged. The
-file is the buffer: memory holds at most the in-flight budget plus one batch.
+file is the buffer: memory holds at most the in-flight budget plus one batch. Scanning goes on
+during a stall, and a rotated file stays open until it is read to its end, so a file that
+logrotate renames or even deletes during a long stall is still read completely.
 
 Copytruncate, in detail. logrotate copies `access_log` to `access_log.1`, then truncates
 `access_log` to zero, and the web server keeps appending to it. The reader of `access_log` notices
