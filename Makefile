@@ -4,13 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 KINESALITE := tests/kinesalite/node_modules/.installed
+# Debian packages the scenario tests drive for real (the rotation tests run the real logrotate).
+DEBIAN_TOOLS := logrotate
+TOOLS_STAMP := $(VENV)/.debian-tools
 
 .PHONY: demo test lint unit install clean
 
 demo: $(STAMP)
 	$(BIN)/clickstream demo
 
-test: $(STAMP) $(KINESALITE)
+test: $(STAMP) $(KINESALITE) $(TOOLS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# pytest exits 5 when it collected nothing: that must fail, not pass quietly.
@@ -39,6 +42,22 @@ $(STAMP): $(BIN)/python pyproject.toml
 $(KINESALITE): tests/kinesalite/package.json tests/kinesalite/package-lock.json
 	npm ci --prefix tests/kinesalite --no-audit --no-fund --loglevel=error
 	touch $(KINESALITE)
+
+# Installs what is missing when run as root (CI, these machines); elsewhere it says what to install
+# and the tests that need it skip with that reason.
+$(TOOLS_STAMP): $(BIN)/python Makefile
+	@missing=""; for tool in $(DEBIAN_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "note: install$$missing (Debian packages) to run the tests that need them" >&2; \
+	  fi; \
+	fi
+	touch $(TOOLS_STAMP)
 
 clean:
 	rm -rf $(VENV) tests/kinesalite/node_modules .pytest_cache .ruff_cache
