@@ -81,6 +81,7 @@ _MONTHS: Final = {
 _STATUS: Final = {str(code): code for code in range(100, 600)}
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _MutableHit: Final = mutable_twin(Hit)  # see consumers.models.fast_constructor
+_FILE_GEO_KEYS: Final = frozenset(("country", "region", "city", "lat", "lon"))
 
 # An Apache `\xhh` escape (a backslash preceded by an even number of backslashes, then `x`) is
 # not valid JSON; Apache's JSON log formats write it anyway for non-printable bytes.
@@ -582,7 +583,7 @@ def _hit_from_json(document: dict[str, Any]) -> Hit | Rejection:
     if user_agent is None:
         user_agent = document.get("useragent")
     geo = None
-    if any(key in document for key in ("country", "region", "city", "lat", "lon")):
+    if not _FILE_GEO_KEYS.isdisjoint(document):
         geo = FileGeo(
             _json_text(document.get("country")),
             _json_text(document.get("region")),
@@ -590,7 +591,7 @@ def _hit_from_json(document: dict[str, Any]) -> Hit | Rejection:
             _json_text(document.get("lat")),
             _json_text(document.get("lon")),
         )
-    return new_hit(
+    hit = _MutableHit(
         client_ip,
         None,
         None,
@@ -608,6 +609,8 @@ def _hit_from_json(document: dict[str, Any]) -> Hit | Rejection:
         "json",
         geo,
     )
+    hit.__class__ = Hit
+    return hit  # type: ignore[return-value]
 
 
 def _json_text(value: object) -> str | None:
