@@ -232,6 +232,29 @@ def test_any_bytes_inside_quoted_fields_are_kept_as_text(referer: bytes, agent: 
         assert field_value == (None if raw == b"-" else raw.decode("utf-8", "backslashreplace"))
 
 
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=1), st.integers(0, 255)), max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_json_values_with_apache_hex_escapes_or_bad_bytes_still_parse(
+    pieces: list[bytes | int],
+) -> None:
+    """Apache's JSON formats write non-printable bytes as `\\xhh` (not valid JSON); invalid
+    UTF-8 is kept as the same text. Either way the line parses and the text reads `\\xhh`."""
+    raw_agent = b""
+    for piece in pieces:
+        if isinstance(piece, int):
+            raw_agent += b"\\x%02x" % piece  # what Apache writes for a non-printable byte
+        elif piece not in (b'"', b"\\") and piece[0] >= 0x20:  # JSON would need these escaped
+            raw_agent += piece
+    expected = raw_agent.decode("utf-8", "backslashreplace")
+    line = (
+        b'{"time":"2023-02-22 03:38:18","remoteIP":"192.0.2.1","request":"/","status":"200",'
+        b'"userAgent":"' + raw_agent + b'"}'
+    )
+    parsed = parse_line(line)
+    assert isinstance(parsed, Hit), parsed
+    assert parsed.user_agent == (None if expected == "-" else expected)
+
+
 @given(st.binary(max_size=600))
 @settings(max_examples=300, deadline=None)
 def test_any_bytes_give_a_hit_or_a_rejection(raw: bytes) -> None:
