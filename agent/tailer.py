@@ -52,6 +52,7 @@ import fnmatch
 import glob
 import logging
 import os
+import re
 import resource
 import stat
 import time
@@ -297,6 +298,7 @@ class FileTailer:
         "identity",
         "inode",
         "last_growth",
+        "last_stat",
         "matched",
         "max_line_bytes",
         "maybe_more",
@@ -337,6 +339,7 @@ class FileTailer:
         # The size seen when a read last found nothing new; only growth past it is worth a read.
         self.eof_size = -1
         self.last_growth = now
+        self.last_stat = (-1, -1)  # (size, mtime) at the last look
         self.matched = True
         self.unmatched_since = now
         self.maybe_more = False
@@ -545,6 +548,9 @@ class GlobTailer:
         self._stopped_at: dict[str, tuple[int, float]] = {}
         self._scanned_at = 0.0
         self._unreadable: set[str] = set()
+        # One compiled pattern for all exclusions: a glob over many files checks every name.
+        patterns = "|".join(f"(?:{fnmatch.translate(x)})" for x in config.exclude) or r"(?!)"
+        self._excluded = re.compile(patterns).match
         # A scan found a rotation since the reading order was last made: make it again.
         self._rotation_seen = False
         self._turn = 0
@@ -724,10 +730,8 @@ class GlobTailer:
     def _matching_paths(self) -> list[str]:
         pattern = self.config.path
         paths = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
-        exclude = self.config.exclude
-        return sorted(
-            p for p in paths if not any(fnmatch.fnmatch(os.path.basename(p), x) for x in exclude)
-        )
+        excluded = self._excluded
+        return sorted(p for p in paths if not excluded(os.path.basename(p)))
 
     def _open(self, path: str, now: float, startup: bool) -> FileTailer | None:
         try:
@@ -749,15 +753,19 @@ class GlobTailer:
 
     def _refresh(self, reader: FileTailer, now: float, startup: bool) -> None:
         try:
-            size = os.fstat(reader.fd).st_size
+            st = os.fstat(reader.fd)
+            size, changed = st.st_size, (st.st_size, st.st_mtime_ns)
         except OSError:
-            size = 0
-        # Shrinking is a truncation; so is a new head on a file that grew back in between. A copy
-        # still being written (adopted below its old position) only grows: not a truncation.
+            size, changed = 0, (0, 0)
+        # Shrinking is a truncation; so is a new head on a file that grew back in between (a
+        # write changes the modification time, so an unchanged file needs no look at its head).
+        # A copy still being written (adopted below its old position) only grows.
         if reader.fingerprint is not None and (
-            size < reader.high or not still_holds(reader.fd, reader.fingerprint)
+            size < reader.high
+            or (changed != reader.last_stat and not still_holds(reader.fd, reader.fingerprint))
         ):
             self._content_replaced(reader, now)
+        reader.last_stat = changed
         if size > reader.size:
             reader.last_growth = now
         reader.size = size
@@ -831,11 +839,11 @@ class GlobTailer:
             siblings = sorted(os.listdir(directory or "."))
         except OSError:
             return None
-        excluded = self.config.exclude
+        excluded = self._excluded
         for sibling in siblings:
             if not sibling.startswith(name) or (sibling == name and not include_self):
                 continue
-            if any(fnmatch.fnmatch(sibling, pattern) for pattern in excluded):
+            if excluded(sibling):
                 continue
             candidate = os.path.join(directory, sibling)
             try:
