@@ -220,11 +220,15 @@ def kinesalite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 async def _delete_all_streams() -> None:
     """kinesalite has no reset API; deleting every stream (instant: deleteStreamMs=0) is one."""
     async with service_aws.aws_client("kinesis") as kinesis:
-        names = (await kinesis.list_streams(Limit=10_000))["StreamNames"]
-        for name in names:
-            await kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while names and (await kinesis.list_streams(Limit=10_000))["StreamNames"]:
+        while names := (await kinesis.list_streams(Limit=10_000))["StreamNames"]:
+            for name in names:
+                # A stream still CREATING or UPDATING refuses deletion: try again next round.
+                with contextlib.suppress(
+                    kinesis.exceptions.ResourceInUseException,
+                    kinesis.exceptions.ResourceNotFoundException,
+                ):
+                    await kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
             if time.monotonic() > deadline:
                 pytest.fail(f"kinesalite did not delete streams {names}", pytrace=False)
             await asyncio.sleep(0.02)

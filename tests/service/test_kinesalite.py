@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +31,15 @@ async def test_create_stream_and_list_shards(kinesalite: str) -> None:
     async with aws_client("kinesis") as kinesis:
         assert kinesis.meta.endpoint_url == kinesalite
         await kinesis.create_stream(StreamName="probe", ShardCount=3)
-        summary = (await kinesis.describe_stream_summary(StreamName="probe"))[
-            "StreamDescriptionSummary"
-        ]
-        assert summary["StreamStatus"] == "ACTIVE"  # createStreamMs=0: no waiting
+        # createStreamMs=0 makes it ACTIVE on kinesalite's next tick (not within the call).
+        for _ in range(200):
+            summary = (await kinesis.describe_stream_summary(StreamName="probe"))[
+                "StreamDescriptionSummary"
+            ]
+            if summary["StreamStatus"] == "ACTIVE":
+                break
+            await asyncio.sleep(0.01)
+        assert summary["StreamStatus"] == "ACTIVE"
         shards = (await kinesis.list_shards(StreamName="probe"))["Shards"]
     assert [s["ShardId"] for s in shards] == [
         "shardId-000000000000",

@@ -252,3 +252,21 @@ def test_dashboard_body_is_json_with_the_lab_widgets() -> None:
 def test_dashboard_quotes_unusual_namespaces() -> None:
     body = dashboard_body(Settings(metrics_namespace="Café Clicks"), "us-east-1")
     assert all('{"Café Clicks",' in e for e in _expressions(body) if "SEARCH" in e)
+
+
+@pytest.mark.integration
+async def test_bucket_outside_us_east_1_gets_a_location_constraint(
+    aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    settings = load_settings()
+    statuses = {s.kind: s for s in await ensure_resources(settings)}
+    assert statuses["bucket"].status == "created"
+    assert statuses["bucket"].detail == "eu-west-1"
+    async with aws_client("s3") as s3:
+        location = await s3.get_bucket_location(Bucket=settings.bucket)
+    assert location["LocationConstraint"] == "eu-west-1"
+    async with aws_client("cloudwatch") as cloudwatch:
+        stored = await cloudwatch.get_dashboard(DashboardName=settings.dashboard)
+    widgets = json.loads(stored["DashboardBody"])["widgets"]
+    assert {w["properties"]["region"] for w in widgets if w["type"] == "metric"} == {"eu-west-1"}
