@@ -8,6 +8,8 @@ newest first, with a deadline before SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -21,6 +23,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ENDPOINT_PREFIX = "AWS_ENDPOINT_URL="
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_supervisor() -> None:
+    """Linux: a part gets SIGTERM if the supervisor dies (even by kill -9), so none is orphaned."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class DemoError(Exception):
@@ -50,7 +59,11 @@ class DemoSupervisor:
         # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which then stops
         # the parts in order instead of all of them at once.
         process = subprocess.Popen(
-            self.command(*args), env=self.env, stdout=stdout, start_new_session=True
+            self.command(*args),
+            env=self.env,
+            stdout=stdout,
+            start_new_session=True,
+            preexec_fn=_die_with_supervisor,
         )
         part = Part(name, process)
         self.parts.append(part)
