@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 TRUNCATION_MARKER = b"...[clickstream:truncated]"
 # How much of an over-long line one read call scans for its end before yielding (64 x 256 KiB).
 _LONG_LINE_CHUNKS_PER_CALL = 64
+# A file not written to for this long holds old lines: it is read before the files being written.
+_IDLE_NS = 30 * 1_000_000_000
 
 
 class LineBatch:
@@ -492,6 +494,10 @@ class FileTailer:
         self.maybe_more = False
 
 
+def _mtime(reader: FileTailer) -> int:
+    return reader.last_stat[1]
+
+
 def raise_open_files_limit() -> int:
     """Lift the soft limit on open descriptors to the hard one; returns the limit now in force.
 
@@ -582,9 +588,9 @@ class GlobTailer:
         while not self._closed:
             progressed = False
             scan_due = False
-            for reader in self._reading_order():
-                # A rotated file is read to its end before the others get a turn (finish the
-                # old file, then the new); any other file gives up its turn after one batch.
+            for reader, to_the_end in self._reading_order():
+                # An old file is read to its end before the others get a turn (finish the old
+                # file, then the new); a file being written gives up its turn after one batch.
                 while reader.maybe_more and reader.identity is not None and reader.fd >= 0:
                     if not self._flow.has_room():
                         identity = reader.identity
@@ -611,7 +617,7 @@ class GlobTailer:
                     else:
                         await asyncio.sleep(0)
                     scan_due = time.monotonic() - self._scanned_at >= interval
-                    if scan_due or not reader.rotated:
+                    if scan_due or not to_the_end:
                         break
                 if scan_due:
                     break
@@ -621,16 +627,26 @@ class GlobTailer:
             if time.monotonic() - self._scanned_at >= interval:
                 self.scan()
 
-    def _reading_order(self) -> list[FileTailer]:
-        """Rotated files first; the others from a different one each pass, so that a busy file
-        cannot starve the rest."""
+    def _reading_order(self) -> list[tuple[FileTailer, bool]]:
+        """Which files to read, in which order, and whether to read each to its end at once.
+
+        Older content first: rotated files, then files nobody has written to for a while
+        (yesterday's `access_log.1` in a backfill), each oldest first and each to its end. A
+        consumer that closes windows on event time must not see last week's lines after
+        today's. Then the files being written, from a different one each pass, so that a busy
+        file cannot starve the rest.
+        """
         self._rotation_seen = False
         readers = list(self._files.values())
         if not readers:
-            return readers
+            return []
         self._turn = (self._turn + 1) % len(readers)
         readers = readers[self._turn :] + readers[: self._turn]
-        return [r for r in readers if r.rotated] + [r for r in readers if not r.rotated]
+        idle_before = time.time_ns() - _IDLE_NS
+        rotated = sorted((r for r in readers if r.rotated), key=_mtime)
+        idle = sorted((r for r in readers if not r.rotated and _mtime(r) < idle_before), key=_mtime)
+        busy = [r for r in readers if not r.rotated and _mtime(r) >= idle_before]
+        return [(r, True) for r in rotated + idle] + [(r, False) for r in busy]
 
     async def _wait_for_room(self) -> None:
         """Wait for acknowledgements, still scanning meanwhile: files rotate during a stall too,
@@ -649,7 +665,7 @@ class GlobTailer:
         """
         self.scan(startup=self._scanned_at == 0.0)
         batches: list[LineBatch] = []
-        for reader in self._reading_order():
+        for reader, _ in self._reading_order():
             while reader.identity is not None and reader.maybe_more:
                 batch = reader.read_batch(self.stats)
                 if batch is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,23 @@ def test_more_files_than_the_usual_descriptor_limit(tmp_path: Path) -> None:
         append(sites / f"{i:04d}.log", b"site %d second\n" % i)
     assert len(data_of(t.poll())) == len(range(0, 1500, 7))
     t.close()
+
+
+async def test_a_backfill_reads_the_oldest_files_first(tmp_path: Path) -> None:
+    # A consumer closing windows on event time must not see last week's lines after today's.
+    now = time.time()
+    for age, name in [(2, "access_log.2"), (1, "access_log.1"), (0, "access_log")]:
+        path = tmp_path / name
+        path.write_bytes(b"".join(b"%s %04d\n" % (name.encode(), i) for i in range(2000)))
+        os.utime(path, (now - age * 86400, now - age * 86400))
+    settings = AgentConfig(
+        path=str(tmp_path / "access_log*"), from_start=True, read_chunk_bytes=4096
+    )
+    t = GlobTailer(settings)
+    order: list[bytes] = []
+    async for batch in t.batches():
+        order.extend(x.data.split()[0] for x in batch.lines)
+        if len(order) >= 6000:
+            break
+    t.close()
+    assert order == [b"access_log.2"] * 2000 + [b"access_log.1"] * 2000 + [b"access_log"] * 2000
