@@ -39,9 +39,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.rate <= 0:
-        log.error("--rate must be > 0, got %s", args.rate)
-        return 2
     data_dir: Path = args.data_dir or settings.state_dir / "demo"
     data_dir.mkdir(parents=True, exist_ok=True)
     access_log = data_dir / "access_log"

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from service.cli.arguments import port
 from service.local_stack import (
     DUMMY_CREDENTIAL,
     LOCAL_REGION,
@@ -33,20 +34,10 @@ log = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
-    return port
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=0,
         metavar="P",
         help="TCP port on 127.0.0.1 (default 0: any free port)",

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service.cli.arguments import positive_float, positive_int, share
 from service.settings import Settings
 from service.simulator.bulk import write_bulk
 from service.simulator.catalog import Catalog, CatalogError, load_catalog
@@ -46,36 +47,6 @@ DEFAULT_SPAN_S = 6 * 3600
 
 class UsageError(Exception):
     """Arguments that parse one by one but do not make sense together."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 0.5:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 0.5, got {text}")
-    return value
 
 
 def parse_span(text: str) -> int:
@@ -116,13 +87,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     volume = parser.add_argument_group("how much")
     volume.add_argument(
         "--lines",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="bulk: write exactly N lines; with --rate: stop after N lines",
     )
     volume.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         metavar="R",
         help="real time: R lines a second, appended to --out until --lines or SIGINT/SIGTERM",
     )
@@ -133,7 +104,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--malformed-share",
-        type=_share,
+        type=share(0.5),
         default=DEFAULT_MALFORMED_SHARE,
         metavar="F",
         help=f"share of malformed lines (default {DEFAULT_MALFORMED_SHARE})",
@@ -162,7 +133,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     live = parser.add_argument_group("real-time mode")
     live.add_argument(
-        "--rotate-every", type=_positive_int, metavar="K", help="rotate the file every K lines"
+        "--rotate-every", type=positive_int, metavar="K", help="rotate the file every K lines"
     )
     live.add_argument(
         "--rotate-mode",
@@ -172,7 +143,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     live.add_argument(
         "--rotate-keep",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="K",
         help="rotated files kept: FILE.1 .. FILE.K (default 3)",
