@@ -150,6 +150,14 @@ class TailStats:
     unfinished_copies: int = 0  # truncations whose old content's copy was not found
 
 
+@dataclass(frozen=True, slots=True)
+class FollowedFile:
+    path: str
+    read_position: int
+    size: int  # at the last scan
+    rotated_away: bool  # no longer matched by the path or glob: read to its end, then let go
+
+
 class FlowControl(Protocol):
     """What the tailer needs from the acknowledgement side; `AckTracker` provides it."""
 
@@ -994,6 +1002,10 @@ class GlobTailer:
 
     # Introspection (tests, metrics) ----------------------------------------------------------
 
-    def followed(self) -> dict[str, tuple[str, int]]:
-        """Identity key -> (path, read position) of every file being read."""
-        return {key: (reader.path, reader.position) for key, reader in self._holders.items()}
+    def followed(self) -> dict[str, FollowedFile]:
+        """Every content being read, by identity key: for health and the lag metric (the lag is
+        `size` minus the acknowledged offset, `AckTracker.committed(key)`)."""
+        return {
+            key: FollowedFile(reader.path, reader.position, reader.size, not reader.matched)
+            for key, reader in self._holders.items()
+        }

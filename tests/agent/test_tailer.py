@@ -399,3 +399,13 @@ async def test_a_backfill_reads_the_oldest_files_first(tmp_path: Path) -> None:
             break
     t.close()
     assert order == [b"access_log.2"] * 2000 + [b"access_log.1"] * 2000 + [b"access_log"] * 2000
+
+
+def test_followed_files_report_their_read_position_and_size(tmp_path: Path) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(b"one\ntwo\nthr")
+    t = tailer(log, from_start=True)
+    key = t.poll()[0].file.key
+    followed = t.followed()[key]
+    assert (followed.path, followed.read_position, followed.size) == (str(log), 8, 11)
+    assert not followed.rotated_away
