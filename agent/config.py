@@ -42,9 +42,9 @@ class AgentConfig:
     # What to follow: one path or a glob (`/var/log/apache2/access_log*`).
     path: str
     # Where a file never seen before starts on the agent's first run: at its end (only new lines,
-    # the default) or at its beginning (backfill, with a progress bar). Files that appear later,
-    # or any file once a checkpoint exists, always start at 0 so nothing written while the agent
-    # was not looking is lost.
+    # the default) or at its beginning (backfill, with a progress bar). A file with a checkpoint
+    # resumes there; files that appear later, and on later runs every file the checkpoint does
+    # not know, start at 0, so nothing written while the agent was not looking is lost.
     from_start: bool = False
     state_dir: Path = field(default_factory=default_state_dir)
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
