@@ -12,6 +12,26 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any, Final, Literal, TypeVar, get_args
 
+from consumers.geo.locator import Location
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """One log line as it came off a shard, after KPL deaggregation and the agent's envelope.
+
+    The position (`sequence_number`, `sub_sequence_number`) is what a checkpoint records and what
+    an archive key is derived from; `event_id` (file fingerprint + byte offset, see
+    `agent.envelope`) is what makes a replayed line recognisable.
+    """
+
+    shard_id: str
+    sequence_number: str
+    sub_sequence_number: int
+    arrival_time: float
+    event_id: str
+    line: bytes
+
+
 LogFormat = Literal["combined", "common", "json"]
 """Which grammar a line was parsed with: Apache combined (optionally with a trailing quoted
 X-Forwarded-For field), Apache common, or the course lab's JSON `LogFormat` named `cloudwatch`."""
@@ -157,3 +177,32 @@ def fast_constructor(cls: type[_Frozen]) -> Callable[..., _Frozen]:
 
 new_hit: Final[Callable[..., Hit]] = fast_constructor(Hit)
 """`Hit(...)` with positional arguments in field order, at mutable-dataclass speed."""
+
+
+PageClass = Literal["home", "menu", "order", "static", "other"]
+"""What a request was for, by configured path patterns (README, "Counting rules")."""
+
+FunnelStage = Literal["visit", "menu", "purchase"]
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichedHit:
+    """A `Hit` with what the stateless enrichment concluded about it.
+
+    - `client_ip`: the visitor's address: the logged one, or the one a trusted load balancer put
+      in X-Forwarded-For (otherwise every hit behind a balancer would come from the balancer).
+    - `visitor`: the visitor key, client address and user agent (DESIGN.md §7).
+    - `is_bot`: judged from the user agent alone; behaviour (no assets, too fast) needs a
+      visitor's history and is judged by the stateful session step.
+    - `is_page_view`: the counting rule: not a bot, not static, answered 2xx/3xx, GET/HEAD/POST.
+    - `stage`: the funnel stage this page view reaches (None for anything but a page view).
+    """
+
+    hit: Hit
+    client_ip: str
+    visitor: str
+    location: Location
+    is_bot: bool
+    page: PageClass
+    is_page_view: bool
+    stage: FunnelStage | None
