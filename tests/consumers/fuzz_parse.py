@@ -7,8 +7,9 @@ Any libFuzzer option works. Without a corpus DIR it starts from the seed lines b
 to a temporary directory). A crash is any exception, or a result that breaks the parser's
 promises: a `Hit` whose texts cannot be encoded as UTF-8, a rejection reason outside the closed
 set, or the fast path disagreeing with the careful one. Without atheris installed it runs the
-same check over random mutations of the seeds (`--mutations N`), so the script is always usable;
-the hypothesis properties in test_parse_properties.py run in the normal test suite.
+same check over 200,000 random mutations of the seeds (`--mutations N` chooses that mode and
+count even with atheris), so the script is always usable. The hypothesis properties in
+test_parse_properties.py are what the normal test suite runs.
 
 pytest does not collect this file (its name does not start with `test_`).
 """
@@ -84,13 +85,13 @@ def run_without_atheris(mutations: int) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    if "--mutations" in sys.argv:
+        run_without_atheris(int(sys.argv[sys.argv.index("--mutations") + 1]))
+        return
     try:
         import atheris
     except ImportError:
-        count = 200_000
-        if "--mutations" in sys.argv:
-            count = int(sys.argv[sys.argv.index("--mutations") + 1])
-        run_without_atheris(count)
+        run_without_atheris(200_000)
         return
     with atheris.instrument_imports():
         import consumers.models
