@@ -1,0 +1,264 @@
+"""Rolling counters: distinct visitors across buckets, window edges, lateness, summaries over
+shards, top N, conversion, replay protection and the metric increments' publish cursor."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from consumers.counters import (
+    OTHER,
+    Counts,
+    ShardState,
+    summarize,
+    top_cities,
+    top_regions,
+)
+from consumers.windows import Lateness, minute_of
+from tests.consumers.state_support import (
+    LYON,
+    PORTLAND_ME,
+    PORTLAND_OR,
+    SEATTLE,
+    T0,
+    Feeder,
+    hit,
+)
+
+M0 = minute_of(T0)
+
+
+def totals(state: ShardState | list[ShardState], window: str = "24h") -> dict[str, int]:
+    states = state if isinstance(state, list) else [state]
+    return summarize(states, window)["totals"]
+
+
+def brute_force(hits: list[Any], window_minutes: int) -> dict[str, int]:
+    """Distinct visitors per stage and page views over the window ending at the newest minute."""
+    newest = max(minute_of(h.hit.time) for h in hits)
+    inside = [h for h in hits if minute_of(h.hit.time) > newest - window_minutes and h.is_page_view]
+    return {
+        "page_views": len(inside),
+        "visitors": len({h.visitor for h in inside}),
+        "menu_viewers": len({h.visitor for h in inside if h.stage == "menu"}),
+        "purchasers": len({h.visitor for h in inside if h.stage == "purchase"}),
+    }
+
+
+def test_a_visitor_in_many_buckets_counts_once() -> None:
+    state, feed = ShardState("s"), Feeder()
+    feed(state, *(hit(T0 + 60 * i, page="home") for i in range(30)))
+    feed(state, hit(T0 + 1800, ip="198.51.100.2", page="menu"))
+    assert totals(state, "24h") == {
+        "page_views": 31,
+        "visitors": 2,
+        "menu_viewers": 1,
+        "purchasers": 0,
+        "rejected_lines": 0,
+        "late_lines": 0,
+    }
+    assert totals(state, "5m")["visitors"] == 2
+    assert totals(state, "5m")["page_views"] == 5
+
+
+def test_window_edges_follow_the_newest_minute() -> None:
+    state, feed = ShardState("s"), Feeder()
+    feed(state, hit(T0, ip="198.51.100.1"))  # minute 0
+    feed(state, hit(T0 + 4 * 60 + 59, ip="198.51.100.2"))  # minute 4
+    assert totals(state, "5m")["visitors"] == 2
+    feed(state, hit(T0 + 5 * 60, ip="198.51.100.3"))  # minute 5: minute 0 leaves the 5m window
+    assert totals(state, "5m")["visitors"] == 2
+    assert totals(state, "1h")["visitors"] == 3
+    feed(state, hit(T0 + 60 * 60, ip="198.51.100.3"))  # minute 60: minute 0 leaves 1h
+    assert totals(state, "1h")["visitors"] == 2
+    assert totals(state, "24h")["visitors"] == 3
+    feed(state, hit(T0 + 86_400 + 4 * 60, ip="198.51.100.9"))  # minutes 0..4 leave 24h
+    assert totals(state, "24h")["visitors"] == 2  # .3 (minute 60) and .9
+    assert totals(state, "24h")["page_views"] == 3
+    assert totals(state, "5m")["visitors"] == 1
+
+
+def test_returning_visitor_moves_to_its_newest_minute() -> None:
+    state, feed = ShardState("s"), Feeder()
+    feed(state, hit(T0, page="menu"), hit(T0 + 600, page="home"))
+    feed(state, hit(T0 + 601, ip="198.51.100.5"))
+    # In the 5m window the visitor is there (minute 10) but its menu view (minute 0) is not.
+    assert totals(state, "5m")["visitors"] == 2
+    assert totals(state, "5m")["menu_viewers"] == 0
+    assert totals(state, "1h")["menu_viewers"] == 1
+
+
+def test_randomised_against_brute_force() -> None:
+    rng = random.Random(7)
+    state, feed = ShardState("s", lateness=Lateness(60, 3600)), Feeder()
+    hits = []
+    at = T0
+    for _ in range(3000):
+        at += rng.choice((0, 1, 5, 20, 60, 300))
+        late = rng.random() < 0.1
+        one = hit(
+            at - (rng.randrange(0, 3000) if late else 0),
+            ip=f"198.51.100.{rng.randrange(60)}",
+            page=rng.choice(("home", "home", "menu", "order", "static", "other")),
+            location=rng.choice((SEATTLE, PORTLAND_OR, LYON)),
+            status=rng.choice((200, 200, 200, 404)),
+        )
+        hits.append(one)
+        feed(state, one)
+        if rng.random() < 0.02:
+            for window, minutes in (("5m", 5), ("1h", 60), ("24h", 1440)):
+                got = totals(state, window)
+                assert {k: got[k] for k in brute_force(hits, minutes)} == brute_force(
+                    hits, minutes
+                ), window
+
+
+def test_late_lines_within_the_allowance_count_in_their_minute() -> None:
+    state, feed = ShardState("s", lateness=Lateness(60, 600)), Feeder()
+    feed(state, hit(T0 + 3600, ip="198.51.100.1"))
+    feed(state, hit(T0 + 3600 - 660, ip="198.51.100.2"))  # grace + allowance behind: counted
+    feed(state, hit(T0 + 3600 - 661, ip="198.51.100.3"))  # later: counted as late only
+    got = totals(state, "1h")
+    assert got["visitors"] == 2 and got["page_views"] == 2 and got["late_lines"] == 1
+    assert state.stats.too_late == 1
+    assert totals(state, "5m")["visitors"] == 1  # the late one is in minute 49, not in 5m
+
+
+def test_rejected_lines_join_the_newest_minute() -> None:
+    state = ShardState("s")
+    state.add_rejected(1)  # before any event time
+    state.add(hit(T0), 2)
+    state.add_rejected(3)
+    assert totals(state)["rejected_lines"] == 2
+    state.add(hit(T0 + 600), 4)
+    assert totals(state, "5m")["rejected_lines"] == 0
+    assert totals(state, "1h")["rejected_lines"] == 2
+
+
+def test_replayed_positions_are_skipped() -> None:
+    state = ShardState("s")
+    assert state.add(hit(T0), "49590338271490256608559692538361571095921575989136588898", 0)
+    assert state.add(hit(T0 + 1), "49590338271490256608559692538361571095921575989136588898", 1)
+    # A re-fetched iterator hands the same records again, and an older one.
+    assert not state.add(hit(T0), "49590338271490256608559692538361571095921575989136588898", 0)
+    assert not state.add(hit(T0 + 1), 49590338271490256608559692538361571095921575989136588898, 1)
+    assert not state.add_rejected(5)
+    assert state.add(hit(T0 + 2), "49590338271490256608559692538361571095921575989136588899")
+    assert totals(state)["page_views"] == 3
+    assert state.stats.replays_skipped == 3
+
+
+def place_rows(summary: dict[str, Any]) -> list[tuple[str, str, int]]:
+    return [(row["city"], row["region"], row["visitors"]) for row in summary["cities"]]
+
+
+def test_cities_sorted_by_visitors_then_name_and_merged_across_shards() -> None:
+    a, b = ShardState("a"), ShardState("b")
+    feed_a, feed_b = Feeder(), Feeder()
+    feed_a(a, hit(T0, ip="10.0.0.1", location=LYON), hit(T0, ip="10.0.0.2", location=SEATTLE))
+    feed_b(b, hit(T0 + 5, ip="10.0.0.3", location=PORTLAND_OR))
+    feed_b(b, hit(T0 + 5, ip="10.0.0.4", location=PORTLAND_ME, page="menu"))
+    feed_b(b, hit(T0 + 6, ip="10.0.0.5", location=SEATTLE, page="order"))
+    summary = summarize([a, b], "24h")
+    assert place_rows(summary) == [
+        ("Seattle", "Washington", 2),
+        ("Lyon", "Auvergne-Rhone-Alpes", 1),
+        ("Portland", "Maine", 1),
+        ("Portland", "Oregon", 1),
+    ]
+    assert summary["totals"]["visitors"] == 5
+    seattle = summary["cities"][0]
+    assert seattle["purchasers"] == 1 and seattle["purchase_rate"] == 0.5
+    assert summary["conversion"] == {
+        "menu_rate": 0.2,
+        "purchase_rate": 0.2,
+        "menu_to_purchase_rate": 1.0,
+    }
+    assert [r["country"] for r in summary["countries"]] == ["US", "FR"]
+    assert summary["regions"][0]["region"] == "Washington"
+    assert top_cities(summary, 2) == [
+        ("Seattle", "Washington", "US", "NA"),
+        ("Lyon", "Auvergne-Rhone-Alpes", "FR", "EU"),
+    ]
+    assert top_regions(summary, 1) == [("US", "Washington")]
+
+
+def test_merge_of_shards_at_different_newest_minutes_is_exact() -> None:
+    """The summary ends with the newest minute of any shard; a shard behind it must drop the
+    buckets that a window ending later no longer covers."""
+    a, b = ShardState("a"), ShardState("b")
+    Feeder()(a, hit(T0, ip="10.0.0.1"), hit(T0 + 120, ip="10.0.0.2"))
+    Feeder()(b, hit(T0 + 6 * 60, ip="10.0.0.3"))
+    assert totals([a, b], "5m")["visitors"] == 2  # minutes 2..6: .2 and .3
+    assert totals([a, b], "1h")["visitors"] == 3
+    with pytest.raises(ValueError):
+        b.window_cells(5, M0)
+
+
+def test_empty_summary() -> None:
+    summary = summarize([ShardState("a")], "1h")
+    assert summary["totals"]["visitors"] == 0 and summary["cities"] == []
+
+
+def test_pending_increments_only_for_closed_minutes_and_cursor() -> None:
+    state, feed = ShardState("s", lateness=Lateness(60, 3600)), Feeder()
+    feed(state, hit(T0 + 1, page="home"), hit(T0 + 2, page="menu"))
+    feed(state, hit(T0 + 61, ip="10.0.0.2", location=LYON))
+    assert state.pending_increments() == []  # watermark T0 + 1: nothing closed
+    feed(state, hit(T0 + 125, ip="10.0.0.3"))
+    pending = state.pending_increments()
+    assert [p.minute for p in pending] == [M0]
+    assert pending[0].timestamp == T0
+    assert pending[0].totals == Counts(2, 1, 1, 0)
+    state.mark_published(M0)
+    assert state.pending_increments() == []
+    feed(state, hit(T0 + 300, ip="10.0.0.4"))
+    assert [p.minute for p in state.pending_increments()] == [M0 + 1, M0 + 2]
+    # A late hit in a minute already published is published with the oldest unpublished one.
+    feed(state, hit(T0 + 3, ip="10.0.0.5", page="menu"))
+    minute1 = state.pending_increments()[0]
+    assert minute1.minute == M0 + 1
+    assert minute1.totals == Counts(2, 2, 1, 0)
+    assert totals(state)["visitors"] == 5  # and the API counts it in its own minute
+
+
+def test_increments_fold_into_top_cities_and_regions() -> None:
+    state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
+    feed(state, hit(T0, ip="10.0.0.1", location=SEATTLE), hit(T0, ip="10.0.0.2", location=LYON))
+    feed(state, hit(T0 + 1, ip="10.0.0.3", location=PORTLAND_ME))
+    feed(state, hit(T0 + 60, ip="10.0.0.4"))
+    (minute,) = state.pending_increments()
+    seattle = ("Seattle", "Washington", "US", "NA")
+    folded = minute.by_city([seattle])
+    assert folded == {seattle: Counts(1, 1, 0, 0), OTHER: Counts(2, 2, 0, 0)}
+    assert minute.by_region([("US", "Washington")]) == {
+        ("US", "Washington"): Counts(1, 1, 0, 0),
+        OTHER: Counts(2, 2, 0, 0),
+    }
+    assert minute.by_region()[("FR", "Auvergne-Rhone-Alpes")] == Counts(1, 1, 0, 0)
+
+
+def test_increments_count_sessions_and_rejections() -> None:
+    state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
+    feed(state, hit(T0), hit(T0 + 10))
+    state.add_rejected(feed.sequence)
+    feed.sequence += 1
+    feed(state, hit(T0 + 2000), hit(T0 + 4000), hit(T0 + 4200, ip="10.0.0.2"))
+    pending = state.pending_increments()  # minutes up to T0 + 4200's are closed
+    assert sum(p.totals.visitors for p in pending) == 3  # three sessions of one visitor
+    assert sum(p.rejected_lines for p in pending) == 1
+    assert totals(state)["visitors"] == 2
+
+
+def test_old_buckets_are_dropped_and_visitors_swept() -> None:
+    state, feed = ShardState("s"), Feeder()
+    feed(state, *(hit(T0 + i, ip=f"10.0.{i // 256}.{i % 256}") for i in range(2000)))
+    feed(state, hit(T0 + 2 * 86_400, ip="10.9.9.9"))
+    assert min(state.buckets) >= minute_of(T0 + 86_400)
+    # One hour of event time sweeps the whole table.
+    for hour in range(61):
+        feed(state, hit(T0 + 2 * 86_400 + 60 * hour, ip="10.9.9.9"))
+    assert len(state.visitors) == 1
+    assert totals(state)["visitors"] == 1
