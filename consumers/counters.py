@@ -150,7 +150,8 @@ class MinuteIncrements:
 
 @dataclass(slots=True)
 class ShardStats:
-    """Lifetime figures of a shard (not windowed), for /metrics and for tests."""
+    """Lifetime figures of a shard (not windowed), for /metrics and for tests; all but
+    `replays_skipped` (this process's run only) survive a snapshot."""
 
     hits: int = 0
     replays_skipped: int = 0
