@@ -28,13 +28,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aws_kinesis_agg.deaggregator import iter_deaggregate_records  # noqa: E402
+from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
-from agent.envelope import decode_payload  # noqa: E402
-from agent.models import FileIdentity  # noqa: E402
-from agent.records import OutRecord, RecordBuilder  # noqa: E402
-from bench.agent_throughput import generate, two_shards  # noqa: E402
-from consumers.decode import decode_record  # noqa: E402
+from agent.envelope import decode_payload
+from agent.models import FileIdentity
+from agent.records import OutRecord, RecordBuilder
+from bench.agent_throughput import generate, two_shards
+from consumers.decode import decode_record
 
 FILE = FileIdentity(device=1, inode=1, fingerprint="0123456789abcdef0123456789abcdef")
 

@@ -16,8 +16,9 @@ is still handed on, never dropped: its whole data is the line, and its event id 
 ``kinesis:<shard id>:<sequence number>:<sub-sequence number>``. That id is deterministic (a replay
 of the same record carries the same id, so it is still recognisable as a duplicate) and cannot be
 mistaken for an agent id (a file fingerprint is a hex digest). An envelope is accepted only
-when the text before the first tab has the shape the envelope module promises, ``<fingerprint>:<decimal
-offset>`` in UTF-8, so a foreign line that merely contains a tab is less likely to be split at it.
+when the text before the first tab has the shape the envelope module promises,
+``<fingerprint>:<decimal offset>`` in UTF-8, so a foreign line that merely contains a tab is less
+likely to be split at it.
 
 Why the protobuf is parsed here with the library's generated class rather than through its
 ``iter_deaggregate_records``: the library builds two dicts per user record and base64-encodes each
@@ -37,7 +38,7 @@ import aws_kinesis_agg
 
 # Importing the aggregator puts the generated modules' own directory on sys.path, which
 # messages_pb2 needs (it does `import config_pb2`).
-import aws_kinesis_agg.aggregator  # noqa: F401
+import aws_kinesis_agg.aggregator
 from aws_kinesis_agg.messages_pb2 import AggregatedRecord
 from google.protobuf.message import DecodeError
 
