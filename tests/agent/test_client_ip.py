@@ -1,6 +1,10 @@
-import pytest
+import ipaddress
 
-from agent.client_ip import client_ip, json_remote_ip
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.client_ip import client_ip, json_remote_ip, normalise_ip
 
 
 @pytest.mark.parametrize(
@@ -37,3 +41,21 @@ def test_no_client_ip(line: bytes) -> None:
 
 def test_json_value_is_taken_raw() -> None:
     assert json_remote_ip(b'{"remoteIP" : "1.2.3.4"}') == b"1.2.3.4"
+
+
+@given(
+    st.one_of(
+        st.ip_addresses().map(str), st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=45)
+    )
+)
+def test_normalise_agrees_with_ipaddress(text: str) -> None:
+    try:
+        expected: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(text)
+    except ValueError:
+        expected = None
+    got = normalise_ip(text.encode())
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and ipaddress.ip_address(got) == expected
+        assert normalise_ip(got.encode()) == got  # canonical: stable under a second pass
