@@ -191,6 +191,8 @@ class Shipper:
             shard_map, aggregate=self.aggregate, max_record_bytes=self.max_record_bytes
         )
         self._refresh_at = self._clock() + self.refresh_interval_s
+        # Evaluated at each scrape, so the gauge is current without anyone polling healthy().
+        self.metrics.healthy.set_function(lambda: 1.0 if self.healthy() else 0.0)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="shipper-dispatch")
         log.info("shipping to %s: %s", self.stream_name, shard_map)
 
@@ -292,15 +294,14 @@ class Shipper:
     # ---- health ------------------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        ok = is_healthy(
+        """False when lines wait and nothing was acknowledged for `stall_seconds` (for /healthz)."""
+        return is_healthy(
             pending_lines=self.pending_lines,
             waiting_since=self.waiting_since,
             last_ack=self.last_ack,
             now=self._clock(),
             stall_seconds=self.stall_seconds,
         )
-        self.metrics.healthy.set(1 if ok else 0)
-        return ok
 
     # ---- dispatch ----------------------------------------------------------------------------
 
@@ -313,11 +314,15 @@ class Shipper:
             if now >= self._refresh_at:
                 self._request_refresh()
                 next_at = self._refresh_at = now + self.refresh_interval_s
-            for shard_id in {*builder.shard_ids(), *self._shards}:
+            current = builder.shard_ids()
+            for shard_id in {*current, *self._shards}:
                 state = self._shards.get(shard_id)
                 if state is None:
                     state = self._shards[shard_id] = _Shard()
                 if state.task is not None:
+                    continue
+                if not state.retry and shard_id not in current:
+                    del self._shards[shard_id]  # a closed shard with nothing left to send
                     continue
                 if state.retry and now < state.not_before:
                     next_at = min(next_at, state.not_before)

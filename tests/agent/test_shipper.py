@@ -27,6 +27,7 @@ import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import EndpointConnectionError
+from prometheus_client import generate_latest
 
 from agent.envelope import decode_payload
 from agent.metrics import AgentMetrics
@@ -216,6 +217,10 @@ def _error(status: int, code: str, message: str) -> tuple[_Http, dict[str, Any]]
     }
 
 
+def scrape(shipper: Shipper) -> str:
+    return generate_latest(shipper.metrics.registry).decode()
+
+
 def shipper_for(client: Any, stream: str, acks: list[Ack], **kwargs: Any) -> Shipper:
     options: dict[str, Any] = {
         "linger_s": 0.02,
@@ -316,12 +321,14 @@ async def test_back_pressure_holds_while_in_flight_is_full(kinesis: Any, stream:
             assert not blocked.done(), "submit went past a full in-flight budget"
             assert shipper.in_flight_bytes >= shipper.max_in_flight_bytes
             assert not shipper.healthy(), "lines wait and nothing is acknowledged"
+            assert "clickstream_agent_healthy 0.0" in scrape(shipper)
             faults.gate.set()
             await asyncio.wait_for(blocked, 30)
             for batch in batches[3:]:
                 await shipper.submit(batch)
             assert await shipper.drain(timeout_s=60)
             assert shipper.healthy()
+            assert "clickstream_agent_healthy 1.0" in scrape(shipper)
     finally:
         uninstall()
     check_exactly_once(await read_stream(kinesis, stream), lines)
