@@ -34,6 +34,7 @@ from agent.metrics import AgentMetrics
 from agent.models import Ack, FileIdentity, Line
 from agent.shardmap import hash_key
 from agent.shipper import Shipper, backoff_delay, classify
+from agent.tailer import LineBatch
 from tests.agent.support import deaggregate
 
 pytestmark = pytest.mark.integration
@@ -422,3 +423,25 @@ async def test_split_reloads_the_shard_map_and_loses_nothing(kinesalite_client: 
         for eid, _, pk in records:
             if eid in after_ids:
                 assert low <= hash_key(pk) <= high
+
+
+async def test_tailer_batches_ship_whole_or_by_line(kinesis: Any, stream: str) -> None:
+    """A LineBatch's bytes go whole (the fast path); one with rejected lines goes by line, and
+    the rejected range is never acknowledged by the shipper (the checkpoint skips it itself)."""
+    lines = make_lines(40)
+    chunk = b"".join(line.data + b"\n" for line in lines[:20])
+    whole = LineBatch(FILE, "/var/log/access_log", lines[0].offset, lines[19].end, data=chunk)
+    gap = (lines[25].offset, lines[25].end)  # a rejected over-long line
+    kept = lines[20:25] + lines[26:]
+    by_line = LineBatch(FILE, "/var/log/access_log", lines[20].offset, lines[-1].end, kept, [gap])
+    acks: list[Ack] = []
+    async with shipper_for(kinesis, stream, acks) as shipper:
+        await shipper.submit_batch(whole)
+        await shipper.submit_batch(by_line)
+        assert await shipper.drain(timeout_s=30)
+    check_exactly_once(await read_stream(kinesis, stream), lines[:25] + lines[26:])
+    assert sorted((a.offset, a.end) for a in acks) == [
+        (lines[0].offset, lines[19].end),
+        (lines[20].offset, lines[24].end),
+        (lines[26].offset, lines[-1].end),
+    ]
