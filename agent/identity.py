@@ -15,8 +15,9 @@ not complete yet has *no* identity: it is left alone until its first newline arr
 nothing, because a file without a complete line has nothing to ship anyway (half lines are never
 shipped).
 
-Known limit, shared with every content-fingerprinting agent (Vector's `checksum` strategy): two
-files whose first lines are byte-identical are treated as the same content.
+Two different contents can still share a first line (a fixed header, a file written again with
+the same first line). Then the tailer tells a copy from another content by the bytes before the
+position where reading stopped, and gives another content a key of its own (`distinct_key`).
 """
 
 from __future__ import annotations
@@ -74,5 +75,22 @@ def still_holds(fd: int, fingerprint: Fingerprint) -> bool:
     return hashlib.blake2b(head, digest_size=_DIGEST_BYTES).hexdigest() == fingerprint.digest
 
 
-def file_identity(stat: os.stat_result, fingerprint: Fingerprint) -> FileIdentity:
-    return FileIdentity(device=stat.st_dev, inode=stat.st_ino, fingerprint=fingerprint.digest)
+def file_identity(
+    stat: os.stat_result, fingerprint: Fingerprint, key: str | None = None
+) -> FileIdentity:
+    """The identity of an open file; `key` when its content needs one of its own (below)."""
+    return FileIdentity(stat.st_dev, stat.st_ino, key if key is not None else fingerprint.digest)
+
+
+def distinct_key(digest: str, device: int, inode: int, generation: int) -> str:
+    """A key for a content whose first line another content already has.
+
+    Two different contents can start with the same bytes: logs with a fixed header line, a file
+    deleted and written again, a file truncated and rewritten. The fingerprint alone would give
+    them one checkpoint and colliding event ids, so the second gets a key derived from the file
+    it lives in (device, inode) and a generation, which a restart can compute again from the same
+    file. (A *copy* of a content keeps the content's key: that is how copytruncate's copy
+    continues where reading stopped.)
+    """
+    name = f"{digest}:{device}:{inode}:{generation}".encode()
+    return hashlib.blake2b(name, digest_size=_DIGEST_BYTES).hexdigest()

@@ -36,7 +36,7 @@ import orjson
 
 from agent.config import AgentConfig
 from agent.models import Ack
-from agent.tailer import LineBatch
+from agent.tailer import LineBatch, SavedFile
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,12 @@ class AckTracker:
             self._files[key] = _FileProgress(checkpoint, issued_end=checkpoint.offset)
         return {key: checkpoint.offset for key, checkpoint in saved.items()}
 
-    def saved_paths(self) -> dict[str, str]:
-        """Key -> the path each checkpointed content was last read under (for `GlobTailer`)."""
-        return {key: progress.checkpoint.path for key, progress in self._files.items()}
+    def saved_files(self) -> dict[str, SavedFile]:
+        """Key -> where each checkpointed content was last read (for `GlobTailer`)."""
+        return {
+            key: SavedFile(p.checkpoint.path, p.checkpoint.device, p.checkpoint.inode)
+            for key, p in self._files.items()
+        }
 
     # What the tailer calls (agent.tailer.FlowControl) ----------------------------------------
 

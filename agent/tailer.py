@@ -56,12 +56,19 @@ import re
 import resource
 import stat
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from agent.config import AgentConfig, OversizePolicy
-from agent.identity import Fingerprint, file_identity, read_fingerprint, still_holds
+from agent.identity import (
+    Fingerprint,
+    distinct_key,
+    file_identity,
+    read_fingerprint,
+    still_holds,
+)
 from agent.models import FileIdentity, Line
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,13 @@ log = logging.getLogger(__name__)
 TRUNCATION_MARKER = b"...[clickstream:truncated]"
 # How much of an over-long line one read call scans for its end before yielding (64 x 256 KiB).
 _LONG_LINE_CHUNKS_PER_CALL = 64
+# How many bytes before a reading position identify the content read up to there (a copy must hold
+# the same bytes at the same place).
+_TAIL_BYTES = 64
+# Reading positions remembered with the bytes before them (see `FileTailer.holds_what_was_read`).
+_MARKS = 32
+# Generations of `distinct_key` looked for when a file's checkpoint is sought after a restart.
+_MAX_GENERATIONS = 16
 # A file not written to for this long holds old lines: it is read before the files being written.
 _IDLE_NS = 30 * 1_000_000_000
 
@@ -148,6 +162,28 @@ class TailStats:
     truncations: int = 0  # a followed file's content was replaced (truncate, copytruncate)
     unterminated_bytes: int = 0  # bytes after the last newline of a file closed for good
     unfinished_copies: int = 0  # truncations whose old content's copy was not found
+
+
+class SavedFile(NamedTuple):
+    """Where a checkpointed content was last read (from the checkpoint file)."""
+
+    path: str
+    device: int
+    inode: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Where reading of a content stopped in this process, for a file that may continue it."""
+
+    position: int
+    at: float
+    digest: str
+    tail: bytes  # the bytes just before `position`, as read: a copy holds them too
+    marks: tuple[tuple[int, bytes], ...]  # the same at earlier positions
+    device: int
+    inode: int
+    truncated: bool  # its file's content was replaced (copytruncate): a copy may continue it
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,15 +345,16 @@ class FileTailer:
         "inode",
         "last_growth",
         "last_stat",
+        "marks",
         "matched",
         "max_line_bytes",
         "maybe_more",
         "path",
         "policy",
         "position",
-        "released_key",
         "rotated",
         "size",
+        "tail",
         "unmatched_since",
     )
 
@@ -358,8 +395,10 @@ class FileTailer:
         self.rotated = False
         self.found_at_startup = False
         self.backfill_until = 0
-        # The key this file held before its content was replaced (it must not resume it).
-        self.released_key: str | None = None
+        # The last bytes before `position`, as read: what a copy of this content must also hold;
+        # and the same at the last few reading positions (a copy may end before `position`).
+        self.tail = b""
+        self.marks: deque[tuple[int, bytes]] = deque(maxlen=_MARKS)
         # An over-long line being followed: where it starts, how far it was scanned, its head.
         self._long_start: int | None = None
         self._long_scan = 0
@@ -374,12 +413,15 @@ class FileTailer:
         self.fingerprint = fingerprint
         self.identity = identity
         self.position = position
+        before = min(_TAIL_BYTES, position)
+        self.tail = os.pread(self.fd, before, position - before) if before else b""
+        self.marks.clear()
+        self.marks.append((position, self.tail))
         self._long_start = None
         self.maybe_more = True
 
     def forget_content(self) -> None:
         """The file's content was replaced (truncated): what it held is no longer here."""
-        self.released_key = self.identity.key if self.identity is not None else None
         self.fingerprint = None
         self.identity = None
         self.position = 0
@@ -412,6 +454,7 @@ class FileTailer:
                 # The fast path: the bytes as read are the batch; nothing is built per line.
                 end = start + len(complete)
                 self.position = end
+                self._remember_tail(complete)
                 if end > self.high:
                     self.high = end
                 stats.lines += complete.count(b"\n")
@@ -430,6 +473,7 @@ class FileTailer:
                 return self._follow_long_line(identity, stats)
             return None
         self.position = end
+        self._remember_tail(chunk[: end - start])
         if end > self.high:
             self.high = end
         stats.lines += len(lines)
@@ -457,6 +501,8 @@ class FileTailer:
             self._long_start = None
             self._long_prefix = b""
             self.position = end
+            self.tail = chunk[: newline + 1][-_TAIL_BYTES:]
+            self.marks.append((end, self.tail))
             self.high = max(self.high, end)
             stats.bytes += end - start
             if end - 1 - start <= self.max_line_bytes:
@@ -473,6 +519,35 @@ class FileTailer:
         # A gigantic line: give the event loop (and the other files) a turn, then go on.
         self.busy = True
         return None
+
+    def _remember_tail(self, consumed: bytes) -> None:
+        if len(consumed) >= _TAIL_BYTES:
+            self.tail = consumed[-_TAIL_BYTES:]
+        else:
+            self.tail = (self.tail + consumed)[-_TAIL_BYTES:]
+        self.marks.append((self.position, self.tail))
+
+    def holds_what_was_read(self, stop: _Stop) -> bool:
+        """Whether this file is a copy of the content `stop` describes, up to its own end.
+
+        A copy can end before the position where reading stopped: logrotate copies, then
+        truncates, and lines written in between were read from the original but are in no copy.
+        Then the bytes before an earlier position, remembered for that purpose, must match.
+        """
+        size = os.fstat(self.fd).st_size
+        if size >= stop.position:
+            return self.continues(stop.position, stop.tail)
+        for offset, tail in reversed(stop.marks):
+            if offset <= size:
+                return self.continues(offset, tail)
+        return False
+
+    def continues(self, position: int, tail: bytes) -> bool:
+        """Whether this file holds `tail` just before `position`: the same content as the one
+        read up to there (a copy of it), not merely one with the same first line."""
+        if not tail:
+            return True
+        return os.pread(self.fd, len(tail), position - len(tail)) == tail
 
     def is_line_boundary(self, position: int) -> bool:
         """Whether a line can start at `position`: the byte before it is a newline."""
@@ -535,8 +610,9 @@ class GlobTailer:
 
     `saved` maps identity keys to checkpointed offsets; None means there is no checkpoint file at
     all (the agent's first run), the only case where `from_start=False` skips existing content.
-    `saved_paths` (key -> the path it was last read under) lets a restart find contents that were
-    rotated away while the agent was stopped.
+    `saved_files` (key -> where that content was last read) tells a checkpoint's own file from
+    another with the same first line, and lets a restart find contents that were rotated away
+    while the agent was stopped.
     """
 
     def __init__(
@@ -545,21 +621,22 @@ class GlobTailer:
         saved: Mapping[str, int] | None = None,
         flow: FlowControl | None = None,
         progress: ProgressSink | None = None,
-        saved_paths: Mapping[str, str] | None = None,
+        saved_files: Mapping[str, SavedFile] | None = None,
     ) -> None:
         self.config = config
         self.stats = TailStats()
         self._saved = dict(saved) if saved is not None else {}
-        self._saved_paths = dict(saved_paths or {})
+        self._saved_files = dict(saved_files or {})
+        self._saved_inodes = {(f.device, f.inode) for f in self._saved_files.values()}
         self._first_run = saved is None
         self._flow: FlowControl = flow if flow is not None else _NoFlowControl()
         self._progress = progress
         self._backfill_left = 0
-        # Open files by (device, inode); the reader currently reading each content (fingerprint).
+        # Open files by (device, inode); the reader currently reading each content, by key.
         self._files: dict[tuple[int, int], FileTailer] = {}
         self._holders: dict[str, FileTailer] = {}
         # Where reading stopped in contents no file holds right now (truncated away, closed).
-        self._stopped_at: dict[str, tuple[int, float]] = {}
+        self._stops: dict[str, _Stop] = {}
         self._scanned_at = 0.0
         self._unreadable: set[str] = set()
         # One compiled pattern for all exclusions: a glob over many files checks every name.
@@ -727,7 +804,13 @@ class GlobTailer:
                 reader.rotated = self._rotation_seen = True
             reader.path = path
             reader.matched = True
-        for key, reader in list(self._files.items()):
+        # Files already read first; then new files that a checkpoint names by device and inode, so
+        # that a checkpointed file gets its content's key before a copy of it can.
+        readers = sorted(
+            self._files.items(),
+            key=lambda item: (item[1].identity is None, item[0] not in self._saved_inodes),
+        )
+        for key, reader in readers:
             if key not in seen and reader.matched:
                 reader.rotated = self._rotation_seen = True
                 reader.matched = False
@@ -736,8 +819,8 @@ class GlobTailer:
                 log.info("%s was renamed or deleted; reading it to its end", reader.path)
             self._refresh(reader, now, startup)
         self._adopt_orphans()
-        if startup and self._saved_paths:
-            self._recover_moved_contents(self._saved_paths)
+        if startup and self._saved_files:
+            self._recover_moved_contents()
         self._close_finished(now)
         self._flow.live(
             {r.fingerprint.digest for r in self._files.values() if r.fingerprint is not None}
@@ -781,14 +864,27 @@ class GlobTailer:
             size, changed = st.st_size, (st.st_size, st.st_mtime_ns)
         except OSError:
             size, changed = 0, (0, 0)
-        # Shrinking is a truncation; so is a new head on a file that grew back in between (a
-        # write changes the modification time, so an unchanged file needs no look at its head).
+        # Shrinking is a truncation; so is a file that grew back in between with other bytes at
+        # its head or just before the reading position (a rewrite with the same first line). A
+        # write changes the modification time, so an unchanged file needs no look at its bytes.
         # A copy still being written (adopted below its old position) only grows.
         if reader.fingerprint is not None and (
             size < reader.high
-            or (changed != reader.last_stat and not still_holds(reader.fd, reader.fingerprint))
+            or (
+                changed != reader.last_stat
+                and not (
+                    still_holds(reader.fd, reader.fingerprint)
+                    and (reader.identity is None or reader.continues(reader.position, reader.tail))
+                )
+            )
         ):
             self._content_replaced(reader, now)
+        if (
+            reader.identity is None
+            and reader.fingerprint is not None
+            and changed != reader.last_stat
+        ):
+            reader.fingerprint = None  # a standby that grew: is it still a copy?
         reader.last_stat = changed
         if size > reader.size:
             reader.last_growth = now
@@ -804,28 +900,51 @@ class GlobTailer:
 
     def _content_replaced(self, reader: FileTailer, now: float) -> None:
         """Truncation or copytruncate: the old content lives on (if at all) in a copy."""
-        assert reader.fingerprint is not None
-        digest = reader.fingerprint.digest
-        if self._holders.get(digest) is reader:
+        identity = reader.identity
+        if identity is not None and self._holders.get(identity.key) is reader:
+            assert reader.fingerprint is not None
             self.stats.truncations += 1
             log.info(
                 "%s was truncated at byte %d; reading it again from 0",
                 reader.path,
                 reader.position,
             )
-            del self._holders[digest]
-            self._stopped_at[digest] = (reader.resume_position, now)
-            if not self._find_copy(reader, digest):
+            del self._holders[identity.key]
+            stop = self._stop(reader, now, truncated=True)
+            if not self._find_copy(reader, stop):
                 self.stats.unfinished_copies += 1
         reader.forget_content()
 
-    def _find_copy(self, original: FileTailer, digest: str) -> bool:
+    def _stop(self, reader: FileTailer, now: float, *, truncated: bool) -> _Stop:
+        assert reader.identity is not None and reader.fingerprint is not None
+        stop = _Stop(
+            reader.resume_position,
+            now,
+            reader.fingerprint.digest,
+            reader.tail,
+            tuple(reader.marks),
+            reader.device,
+            reader.inode,
+            truncated,
+        )
+        self._stops[reader.identity.key] = stop
+        return stop
+
+    def _find_copy(self, original: FileTailer, stop: _Stop) -> bool:
         """Look for the old content's copy next to the original (`access_log.1`, `-20240101`).
 
         A copy that the glob matches would be found anyway; this finds one it does not, so a
         single-path configuration loses nothing either.
         """
-        found = self._open_sibling_holding(original.path, digest, exclude=original)
+
+        def is_copy(reader: FileTailer) -> bool:
+            return (
+                reader is not original
+                and _holds(reader.fd, stop.digest)
+                and reader.holds_what_was_read(stop)
+            )
+
+        found = self._open_sibling(original.path, is_copy)
         if found is not None:
             log.info("continuing %s's old content in its copy %s", original.path, found)
             return True
@@ -836,34 +955,40 @@ class GlobTailer:
         )
         return False
 
-    def _recover_moved_contents(self, saved_paths: Mapping[str, str]) -> None:
+    def _recover_moved_contents(self) -> None:
         """Checkpointed contents that no matched file holds any more: rotated (renamed, or copied
         and truncated) while the agent was not running. Their unread end is read from where they
         are now, next to their old name, from the checkpoint on."""
-        held = {r.fingerprint.digest for r in self._files.values() if r.fingerprint is not None}
-        for digest, path in saved_paths.items():
-            if digest in held or digest not in self._saved:
+        for key, where in self._saved_files.items():
+            if key in self._holders or key not in self._saved:
                 continue
-            found = self._open_sibling_holding(path, digest, include_self=True)
-            if found is not None:
-                log.info("reading the rest of %s (rotated while stopped) from %s", path, found)
 
-    def _open_sibling_holding(
+            def holds_key(reader: FileTailer, key: str = key) -> bool:
+                fingerprint = read_fingerprint(reader.fd)
+                return fingerprint is not None and key in self._keys_for(fingerprint.digest, reader)
+
+            found = self._open_sibling(where.path, holds_key, include_self=True)
+            if found is not None:
+                log.info(
+                    "reading the rest of %s (rotated while stopped) from %s", where.path, found
+                )
+
+    def _open_sibling(
         self,
         path: str,
-        digest: str,
+        accept: Callable[[FileTailer], bool],
         *,
-        exclude: FileTailer | None = None,
         include_self: bool = False,
     ) -> str | None:
-        """Find the file next to `path`, named like it, that holds the content `digest`; open it
-        (unmatched: read to its end, then closed) unless already open. Returns its path."""
+        """Find the file next to `path`, named like it, that `accept`s; open it (unmatched: read
+        to its end, then closed) unless already open. Returns its path."""
         directory, name = os.path.split(path)
         try:
             siblings = sorted(os.listdir(directory or "."))
         except OSError:
             return None
         excluded = self._excluded
+        now = time.monotonic()
         for sibling in siblings:
             if not sibling.startswith(name) or (sibling == name and not include_self):
                 continue
@@ -878,21 +1003,24 @@ class GlobTailer:
                 continue
             known = self._files.get((st.st_dev, st.st_ino))
             if known is not None:
-                # Already open (matched by the glob, maybe a standby duplicate): it takes over
-                # when `scan` refreshes it or `_adopt_orphans` runs.
-                if known is not exclude and _holds(known.fd, digest):
+                # Already open (matched by the glob, maybe a standby): it takes over when `scan`
+                # refreshes it or `_adopt_orphans` runs.
+                if known.identity is None and accept(known):
                     return candidate
                 continue
             try:
                 fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
-            if not _holds(fd, digest):
-                os.close(fd)
-                continue
-            now = time.monotonic()
             reader = self._open_fd(candidate, fd, now)
+            reader.size = st.st_size
+            if not accept(reader):
+                reader.close()
+                del self._files[(reader.device, reader.inode)]
+                self.stats.files_opened -= 1
+                continue
             reader.matched = False  # not ours to follow: read to its end, then close
+            reader.unmatched_since = now
             reader.rotated = self._rotation_seen = True
             self._refresh(reader, now, startup=False)
             return candidate
@@ -916,56 +1044,110 @@ class GlobTailer:
         return reader
 
     def _assign(self, reader: FileTailer, fingerprint: Fingerprint, startup: bool) -> None:
-        """Decide which content a file holds and where reading it starts."""
+        """Decide which content a file holds, under which key, and where reading it starts."""
         digest = fingerprint.digest
-        holder = self._holders.get(digest)
-        if holder is not None and holder is not reader:
-            # Same content as a file being read (a copy not yet followed by a truncation, a
-            # backup): read it once. Kept as a standby in case the holder's content is replaced.
+        if self._twin_of(reader, digest) is not None:
+            # The same bytes as a file being read (a copy not yet followed by a truncation, a
+            # backup): read once. A standby, in case the other file's content is replaced.
             reader.fingerprint = fingerprint
             return
-        stopped = self._stopped_at.pop(digest, None)
-        if reader.released_key == digest:
-            # The same file's content was replaced by content that starts with the same bytes.
-            position = 0
-            if stopped is not None:
-                self._stopped_at[digest] = stopped
-        elif stopped is not None:
-            position = stopped[0]
-            reader.rotated = self._rotation_seen = True  # a copy: the end of an old content
-        elif digest in self._saved:
-            position = self._saved[digest]
-            if not reader.is_line_boundary(position):
-                # Not the checkpointed content after all (a different file whose first line is
-                # the same, or one rewritten while the agent was stopped): read it all.
-                log.warning(
-                    "%s does not match its checkpoint at byte %d (size %d); reading it from 0",
-                    reader.path,
-                    position,
-                    reader.size,
-                )
-                position = 0
-        elif startup and self._first_run and not self.config.from_start:
-            position = reader.last_line_end()
-        else:
-            position = 0
-        reader.released_key = None
-        reader.start(fingerprint, file_identity(os.fstat(reader.fd), fingerprint), position)
+        key, position = self._continuation(reader, digest)
+        if key is None:
+            key, position = self._resumption(reader, digest, startup)
+        reader.start(fingerprint, file_identity(os.fstat(reader.fd), fingerprint, key), position)
         if startup and self.config.from_start:
             reader.backfill_until = reader.size
-        self._holders[digest] = reader
+        self._holders[key] = reader
         assert reader.identity is not None
         self._issue(reader, LineBatch(reader.identity, reader.path, position, position, []))
 
+    def _twin_of(self, reader: FileTailer, digest: str) -> FileTailer | None:
+        """A file being read whose bytes this one repeats as far as both go, if any."""
+        for holder in self._holders.values():
+            if (
+                holder is reader
+                or holder.fingerprint is None
+                or holder.fingerprint.digest != digest
+            ):
+                continue
+            try:
+                if os.fstat(holder.fd).st_nlink == 0:
+                    continue  # deleted: a file that appears now is another one
+            except OSError:
+                continue
+            end = min(reader.size, holder.size)
+            width = min(_TAIL_BYTES, end)
+            if os.pread(reader.fd, width, end - width) == os.pread(holder.fd, width, end - width):
+                return holder
+        return None
+
+    def _continuation(self, reader: FileTailer, digest: str) -> tuple[str | None, int]:
+        """The content this file continues, if reading of it stopped in this process: a copy of a
+        truncated content (copytruncate), or a file that went away and came back."""
+        for key, stop in self._stops.items():
+            if stop.digest != digest or key in self._holders:
+                continue
+            same_file = (stop.device, stop.inode) == (reader.device, reader.inode)
+            if same_file == stop.truncated:
+                continue  # the truncated file itself (new content), or another file after a close
+            if reader.holds_what_was_read(stop):
+                del self._stops[key]
+                if not same_file:
+                    reader.rotated = self._rotation_seen = True  # a copy: an old content's end
+                return key, stop.position
+        return None, 0
+
+    def _resumption(self, reader: FileTailer, digest: str, startup: bool) -> tuple[str, int]:
+        """The key and start of a content not read in this process: its checkpoint, if it has
+        one that fits, otherwise a key of its own and the start rule."""
+        for key in self._keys_for(digest, reader):
+            if key not in self._saved or key in self._holders or key in self._stops:
+                continue
+            position = self._saved[key]
+            if reader.is_line_boundary(position):
+                return key, position
+            # Not the checkpointed content after all (a different file whose first line is the
+            # same, or one rewritten while the agent was stopped): read it all.
+            log.warning(
+                "%s does not match its checkpoint at byte %d (size %d); reading it from 0",
+                reader.path,
+                position,
+                reader.size,
+            )
+        key = self._unused_key(digest, reader)
+        if startup and self._first_run and not self.config.from_start:
+            return key, reader.last_line_end()
+        return key, 0
+
+    def _keys_for(self, digest: str, reader: FileTailer) -> list[str]:
+        """The keys a content with this first line may have in this file, newest first."""
+        derived = [
+            distinct_key(digest, reader.device, reader.inode, generation)
+            for generation in range(_MAX_GENERATIONS, 0, -1)
+        ]
+        return [*derived, digest]
+
+    def _unused_key(self, digest: str, reader: FileTailer) -> str:
+        def used(key: str) -> bool:
+            return key in self._holders or key in self._stops or key in self._saved
+
+        if not used(digest):
+            return digest
+        for generation in range(1, _MAX_GENERATIONS + 1):
+            key = distinct_key(digest, reader.device, reader.inode, generation)
+            if not used(key):
+                return key
+        # Sixteen contents with one first line in one file: reuse the oldest generation.
+        return distinct_key(digest, reader.device, reader.inode, 1)
+
     def _adopt_orphans(self) -> None:
-        """A standby copy whose content nobody reads any more takes over where reading stopped."""
+        """Standbys are looked at again: one whose twin is gone continues or starts its content."""
         for reader in list(self._files.values()):
             fingerprint = reader.fingerprint
             if fingerprint is None or reader.identity is not None:
                 continue
-            if fingerprint.digest not in self._holders:
-                reader.fingerprint = None
-                self._assign(reader, fingerprint, startup=False)
+            reader.fingerprint = None
+            self._assign(reader, fingerprint, startup=False)
 
     def _close_finished(self, now: float) -> None:
         """Close files that lost their name and were read to their end `rotate_wait_s` ago."""
@@ -987,18 +1169,18 @@ class GlobTailer:
                         reader.path,
                         left,
                     )
-                digest = reader.identity.key
-                if self._holders.get(digest) is reader:
-                    del self._holders[digest]
-                    self._stopped_at[digest] = (reader.resume_position, now)
+                content = reader.identity.key
+                if self._holders.get(content) is reader:
+                    del self._holders[content]
+                    self._stop(reader, now, truncated=False)
             reader.close()
             del self._files[key]
             self.stats.files_closed += 1
         # Positions of contents that are gone for good need not be remembered forever.
         forget = self.config.forget_after_s
-        for digest, (_, at) in list(self._stopped_at.items()):
-            if now - at > forget:
-                del self._stopped_at[digest]
+        for key, stop in list(self._stops.items()):
+            if now - stop.at > forget:
+                del self._stops[key]
 
     # Introspection (tests, metrics) ----------------------------------------------------------
 

@@ -23,7 +23,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.models import Ack
-from agent.tailer import GlobTailer, LineBatch
+from agent.tailer import GlobTailer, LineBatch, SavedFile
 
 
 def line(n: int) -> bytes:
@@ -45,10 +45,10 @@ def append(path: Path, data: bytes) -> None:
 
 def tailer(path: Path | str, **config: object) -> GlobTailer:
     saved = config.pop("saved", None)
-    saved_paths = config.pop("saved_paths", None)
+    saved_files = config.pop("saved_files", None)
     options: dict[str, object] = {"from_start": True, "rotate_wait_s": 0.0, **config}
     settings = AgentConfig(path=str(path), **options)  # type: ignore[arg-type]
-    return GlobTailer(settings, saved=saved, saved_paths=saved_paths)  # type: ignore[arg-type]
+    return GlobTailer(settings, saved=saved, saved_files=saved_files)  # type: ignore[arg-type]
 
 
 # Rename + create -----------------------------------------------------------------------------
@@ -129,6 +129,8 @@ def test_rotated_while_the_agent_was_down_with_a_single_path(tmp_path: Path, rot
     batches = t.poll()
     key = batches[0].file.key
     checkpoint = batches[0].lines[4].end  # acknowledged up to line 4
+    st = log.stat()
+    where = {key: SavedFile(str(log), st.st_dev, st.st_ino)}
     t.close()
     append(log, lines(10, 12))  # written while the agent is down
     if rotation == "rename":
@@ -136,7 +138,7 @@ def test_rotated_while_the_agent_was_down_with_a_single_path(tmp_path: Path, rot
     else:
         copytruncate(log, tmp_path / "access_log.1")
     append(log, lines(12, 15))
-    t = tailer(log, from_start=False, saved={key: checkpoint}, saved_paths={key: str(log)})
+    t = tailer(log, from_start=False, saved={key: checkpoint}, saved_files=where)
     # The old content's end is found in access_log.1 although the path does not match it.
     assert sorted(seqs(t.poll())) == list(range(5, 15))
     t.poll()
@@ -526,7 +528,7 @@ class Scenario:
                 self.settings,
                 saved=self.tracker.load(),
                 flow=self.tracker,
-                saved_paths=self.tracker.saved_paths(),
+                saved_files=self.tracker.saved_files(),
             )
         for batch in self.tailer.poll():
             self.read.extend(int(x.data[:8]) for x in batch.lines)
@@ -643,3 +645,109 @@ def test_random_interleavings_of_writes_rotations_restarts_and_reads(
     assert [n for n, c in counts.items() if c > 1] == [], "read twice"
     assert sorted(set(range(scenario.written)) - set(counts)) == [], "never read"
     assert read == sorted(read), "out of order"
+
+
+# Contents whose first lines are the same ----------------------------------------------------------
+
+HEADER = b"#Fields: the same first line in every file\n"
+
+
+def data(batches: list[LineBatch]) -> list[bytes]:
+    return [x.data for b in batches for x in b.lines]
+
+
+def test_deleted_and_recreated_with_the_same_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(HEADER + b"old 1\nold 2\n")
+    t = tailer(log, rotate_wait_s=60.0)  # the deleted file stays open: its inode is not reused
+    assert data(t.poll()) == [HEADER[:-1], b"old 1", b"old 2"]
+    log.unlink()
+    log.write_bytes(HEADER + b"new 1\n")
+    batches = t.poll()
+    assert data(batches) == [HEADER[:-1], b"new 1"]
+    # A content of its own: its checkpoint and event ids do not collide with the old one's.
+    assert len(set(t.followed())) == 2
+
+
+def test_renamed_and_created_with_the_same_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(HEADER + b"old 1\n")
+    for pattern in ("access_log", "access_log*"):
+        for path in tmp_path.glob("access_log*"):
+            path.unlink()
+        log.write_bytes(HEADER + b"old 1\n")
+        t = tailer(tmp_path / pattern, rotate_wait_s=60.0)
+        assert data(t.poll()) == [HEADER[:-1], b"old 1"]
+        log.rename(tmp_path / "access_log.1")
+        log.write_bytes(HEADER + b"new 1\n")
+        assert data(t.poll()) == [HEADER[:-1], b"new 1"], pattern
+        append(log, b"new 2\n")
+        assert data(t.poll()) == [b"new 2"], pattern
+        t.close()
+
+
+def test_two_logs_in_a_glob_with_the_same_first_line(tmp_path: Path) -> None:
+    (tmp_path / "a.log").write_bytes(HEADER + b"a 1\n")
+    (tmp_path / "b.log").write_bytes(HEADER + b"b 1\n")
+    t = tailer(tmp_path / "*.log")
+    assert sorted(data(t.poll())) == sorted([HEADER[:-1], b"a 1", HEADER[:-1], b"b 1"])
+    append(tmp_path / "b.log", b"b 2\n")
+    append(tmp_path / "a.log", b"a 2\n")
+    assert sorted(data(t.poll())) == [b"a 2", b"b 2"]
+
+
+def test_truncated_and_rewritten_with_the_same_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "access_log"
+    log.write_bytes(HEADER + b"old 1\nold 2\n")
+    t = tailer(log)
+    assert data(t.poll()) == [HEADER[:-1], b"old 1", b"old 2"]
+    with log.open("r+b") as f:
+        f.truncate(0)
+    log.write_bytes(HEADER + b"new 1\n")
+    batches = t.poll()
+    assert data(batches) == [HEADER[:-1], b"new 1"]
+    first_key = batches[0].file.key
+    with log.open("r+b") as f:
+        f.truncate(0)
+    log.write_bytes(HEADER + b"newer 1\n")
+    batches = t.poll()
+    assert data(batches) == [HEADER[:-1], b"newer 1"]
+    assert batches[0].file.key != first_key
+
+
+def test_a_copy_that_is_not_a_copy_is_read_as_new_content(tmp_path: Path) -> None:
+    # copytruncate, and next to it another file that starts like the truncated content but
+    # continues differently: the copy is recognised by its bytes before the position, not by its
+    # first line alone.
+    log = tmp_path / "access_log"
+    log.write_bytes(HEADER + b"old 1\n")
+    t = tailer(tmp_path / "access_log*", rotate_wait_s=60.0)
+    assert data(t.poll()) == [HEADER[:-1], b"old 1"]
+    append(log, b"old 2\n")
+    (tmp_path / "access_log.0").write_bytes(HEADER + b"xyz 1\nxyz 2\n")  # not a copy
+    copytruncate(log, tmp_path / "access_log.1")
+    append(log, b"new 1\n")
+    got = data(t.poll())
+    assert sorted(got) == sorted([b"old 2", HEADER[:-1], b"xyz 1", b"xyz 2", b"new 1"])
+
+
+@pytest.mark.parametrize("pattern", ["access_log", "access_log*"])
+def test_a_copy_that_ends_before_the_read_position_is_still_the_copy(
+    tmp_path: Path, pattern: str
+) -> None:
+    # logrotate copies, then truncates; lines written in between were read from the original but
+    # are in no copy. The copy is still recognised (by the bytes before an earlier position) and
+    # nothing in it is read again.
+    log = tmp_path / "access_log"
+    log.write_bytes(lines(0, 10))
+    t = tailer(tmp_path / pattern, rotate_wait_s=60.0)
+    assert seqs(t.poll()) == list(range(10))
+    append(log, lines(10, 12))
+    shutil.copyfile(log, tmp_path / "access_log.1")  # the copy: lines 0-11
+    append(log, lines(12, 14))
+    assert seqs(t.poll()) == [10, 11, 12, 13]  # read from the original before the truncate
+    with log.open("r+b") as f:
+        f.truncate(0)
+    append(log, lines(14, 16))
+    assert seqs(t.poll()) == [14, 15]
+    assert t.stats.unfinished_copies == 0

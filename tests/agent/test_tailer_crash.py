@@ -38,7 +38,7 @@ async def main() -> None:
     store.lock()
     tracker = AckTracker(store, config)
     saved = tracker.load()
-    tailer = GlobTailer(config, saved=saved, flow=tracker, saved_paths=tracker.saved_paths())
+    tailer = GlobTailer(config, saved=saved, flow=tracker, saved_files=tracker.saved_files())
     stop = asyncio.Event()
     checkpointer = asyncio.create_task(tracker.run(stop))
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
