@@ -55,6 +55,10 @@ from consumers.windows import (
     window_minutes,
 )
 
+SWEEP_PASS_MINUTES: Final = 4 * 60
+"""Event time in which the sweep passes once over the whole visitor table: a visitor gone for
+a day is forgotten within 28 hours, and a hit pays well under a microsecond for it."""
+
 PlaceKey = tuple[str, str, str, str]
 """(city, region, country, continent): a place as the summaries and metrics name it."""
 
@@ -191,10 +195,26 @@ class ShardState:
     published_through: int | None = None
     high_water: tuple[int, int] | None = None
     stats: ShardStats = field(default_factory=ShardStats)
+    window_starts: list[tuple[int, dict[int, int]]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    """Derived, not snapshotted: (first minute, running sums) of each window, longest last, as of
+    the newest minute; the per-hit path compares against these instead of recomputing them."""
 
     def __post_init__(self) -> None:
         for span in WINDOW_MINUTES.values():
             self.window_sums.setdefault(span, {})
+        self._refresh_window_starts()
+
+    def _refresh_window_starts(self) -> None:
+        newest = self.newest_minute
+        if newest is None:
+            self.window_starts = []
+            return
+        self.window_starts = [
+            (window_first_minute(newest, span), self.window_sums[span])
+            for span in sorted(self.window_sums)
+        ]
 
     # Input -------------------------------------------------------------------------------------
 
@@ -284,11 +304,11 @@ class ShardState:
         return minute if published is None or minute > published else published + 1
 
     def _page_view(self, minute: int, place: int) -> None:
-        newest = minute_of(self.newest_time)  # type: ignore[arg-type]
-        if minute >= window_first_minute(newest, LONGEST_WINDOW_MINUTES):
+        starts = self.window_starts
+        if minute >= starts[-1][0]:
             _add_cell(self.buckets.setdefault(minute, {}), place, PV)
-            for span, sums in self.window_sums.items():
-                if minute >= window_first_minute(newest, span):
+            for first, sums in starts:
+                if minute >= first:
                     sums[place] = sums.get(place, 0) + PV
         cells = self.increments.setdefault(self._increment_minute(minute), {})
         cells[place] = cells.get(place, 0) + PV
@@ -306,15 +326,14 @@ class ShardState:
         if minute <= old:
             return
         column[slot] = minute
-        newest = minute_of(self.newest_time)  # type: ignore[arg-type]
-        oldest_kept = window_first_minute(newest, LONGEST_WINDOW_MINUTES)
+        starts = self.window_starts
+        oldest_kept = starts[-1][0]
         if old >= oldest_kept:
             _add_cell(self.buckets[old], place, -unit)
         if minute >= oldest_kept:
             _add_cell(self.buckets.setdefault(minute, {}), place, unit)
-        for span, sums in self.window_sums.items():
-            first = window_first_minute(newest, span)
-            if minute >= first and old < first:
+        for first, sums in starts:
+            if minute >= first > old:
                 sums[place] = sums.get(place, 0) + unit
 
     def _advance(self, event_time: int) -> None:
@@ -329,6 +348,7 @@ class ShardState:
                 at = self._increment_minute(new_minute)
                 self.rejected_increments[at] = self.rejected_unplaced
                 self.rejected_unplaced = 0
+            self._refresh_window_starts()
             return
         old_minute = minute_of(old_time)
         if new_minute == old_minute:
@@ -346,10 +366,11 @@ class ShardState:
             # Unpublished increments older than a day have no one waiting for them.
             self.increments.pop(minute, None)
             self.rejected_increments.pop(minute, None)
+        self._refresh_window_starts()
         table_size = len(self.visitors.keys)
-        steps = min(new_minute - old_minute, 60)
+        steps = min(new_minute - old_minute, SWEEP_PASS_MINUTES)
         self.visitors.sweep(
-            max(1024, table_size // 60) * steps,
+            (table_size // SWEEP_PASS_MINUTES + 1) * steps,
             window_first_minute(new_minute, LONGEST_WINDOW_MINUTES),
             event_time,
         )
@@ -448,29 +469,39 @@ def summarize(states: Iterable[ShardState], window: str = "24h") -> dict[str, An
     shards: Sequence[ShardState] = list(states)
     newest_minutes = [s.newest_minute for s in shards if s.newest_minute is not None]
     end = max(newest_minutes) if newest_minutes else None
-    by_place: dict[PlaceKey, Counts] = {}
+    packed_by_place: dict[PlaceKey, int] = {}
     rejected = late = 0
     for shard in shards:
         rejected += shard.rejected_unplaced
         if end is None or shard.newest_minute is None:
             continue
+        names = shard.places
         for place, packed in shard.window_cells(span, end).items():
-            key = shard.places[place]
-            by_place[key] = by_place.get(key, ZERO) + Counts.unpack(packed)
+            key = names[place]
+            packed_by_place[key] = packed_by_place.get(key, 0) + packed  # adds all four fields
         rejected += shard._minute_total(shard.rejected, span, end)
         late += shard._minute_total(shard.late, span, end)
+    packed_regions: dict[tuple[str, str, str], int] = {}
+    packed_countries: dict[tuple[str, str], int] = {}
+    packed_total = 0
+    for (_, region, country, continent), packed in packed_by_place.items():
+        packed_total += packed
+        region_key = (region, country, continent)
+        packed_regions[region_key] = packed_regions.get(region_key, 0) + packed
+        packed_countries[(country, continent)] = (
+            packed_countries.get((country, continent), 0) + packed
+        )
     places = sorted(
-        ((key, counts) for key, counts in by_place.items() if counts.visitors),
+        (
+            (key, counts)
+            for key, counts in ((k, Counts.unpack(p)) for k, p in packed_by_place.items())
+            if counts.visitors
+        ),
         key=lambda item: (-item[1].visitors, item[0][0], item[0][1], item[0][2]),
     )
-    totals = sum(by_place.values(), ZERO)
-    regions: dict[tuple[str, str, str], Counts] = {}
-    countries: dict[tuple[str, str], Counts] = {}
-    for (_, region, country, continent), counts in places:
-        regions[(region, country, continent)] = (
-            regions.get((region, country, continent), ZERO) + counts
-        )
-        countries[(country, continent)] = countries.get((country, continent), ZERO) + counts
+    totals = Counts.unpack(packed_total)
+    regions = {key: Counts.unpack(p) for key, p in packed_regions.items() if p >> FIELD_BITS}
+    countries = {key: Counts.unpack(p) for key, p in packed_countries.items() if p >> FIELD_BITS}
     newest_time = max((s.newest_time for s in shards if s.newest_time is not None), default=None)
     return {
         "window": window,

@@ -215,19 +215,23 @@ class VisitorTable:
         size = len(self.keys)
         if not size:
             return
+        remaining = min(slots, size)
         cursor = self.sweep_cursor % size
-        end = min(size, cursor + slots)
         flags, last_visit, last_time = self.flags, self.last_visit, self.last_time
-        for slot in range(cursor, end):
-            if (
-                flags[slot] & LIVE
-                and last_visit[slot] < oldest_kept_minute
-                and is_new_session(last_time[slot], newest_time)
-            ):
-                flags[slot] = 0
-                del self.index[self.keys[slot]]
-                self.free.append(slot)
-        self.sweep_cursor = 0 if end >= size else end
+        while remaining:
+            end = min(size, cursor + remaining)
+            for slot in range(cursor, end):
+                if (
+                    flags[slot] & LIVE
+                    and last_visit[slot] < oldest_kept_minute
+                    and is_new_session(last_time[slot], newest_time)
+                ):
+                    flags[slot] = 0
+                    del self.index[self.keys[slot]]
+                    self.free.append(slot)
+            remaining -= end - cursor
+            cursor = end % size
+        self.sweep_cursor = cursor
 
     def rebuild_index(self) -> None:
         """After a restore: the index is derived from the columns, so it is not snapshotted."""

@@ -10,6 +10,7 @@ import pytest
 
 from consumers.counters import (
     OTHER,
+    SWEEP_PASS_MINUTES,
     Counts,
     ShardState,
     summarize,
@@ -257,8 +258,17 @@ def test_old_buckets_are_dropped_and_visitors_swept() -> None:
     feed(state, *(hit(T0 + i, ip=f"10.0.{i // 256}.{i % 256}") for i in range(2000)))
     feed(state, hit(T0 + 2 * 86_400, ip="10.9.9.9"))
     assert min(state.buckets) >= minute_of(T0 + 86_400)
-    # One hour of event time sweeps the whole table.
-    for hour in range(61):
-        feed(state, hit(T0 + 2 * 86_400 + 60 * hour, ip="10.9.9.9"))
+    # A jump of SWEEP_PASS_MINUTES or more sweeps the whole table at once.
     assert len(state.visitors) == 1
     assert totals(state)["visitors"] == 1
+
+
+def test_the_sweep_passes_over_the_table_in_four_hours_of_event_time() -> None:
+    state, feed = ShardState("s"), Feeder()
+    feed(state, *(hit(T0 + i, ip=f"10.0.{i // 256}.{i % 256}") for i in range(2000)))
+    for minute in range(1, 24 * 60 + 1):  # a day later, one visitor a minute
+        feed(state, hit(T0 + 60 * minute, ip="10.9.9.9"))
+    assert len(state.visitors) == 2001  # all still in the 24h window or its last minute
+    for minute in range(24 * 60 + 1, 24 * 60 + SWEEP_PASS_MINUTES + 2):
+        feed(state, hit(T0 + 60 * minute, ip="10.9.9.9"))
+    assert len(state.visitors) == 1
