@@ -253,14 +253,15 @@ class ShardState:
 
     def _count(self, hit: EnrichedHit) -> None:
         self.stats.hits += 1
-        if hit.is_bot:
-            self.stats.bot_lines += 1
-            return
         event_time = int(hit.hit.time // 1)
         newest = self.newest_time
         if newest is None or event_time > newest:
+            # Every line moves event time, bots' too: the watermark is about the stream.
             self._advance(event_time)
-        elif self.lateness.is_too_late(event_time, newest):
+        if hit.is_bot:
+            self.stats.bot_lines += 1
+            return
+        if newest is not None and self.lateness.is_too_late(event_time, newest):
             minute = minute_of(newest)
             self.late[minute] = self.late.get(minute, 0) + 1
             self.stats.too_late += 1

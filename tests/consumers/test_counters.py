@@ -272,3 +272,58 @@ def test_the_sweep_passes_over_the_table_in_four_hours_of_event_time() -> None:
     for minute in range(24 * 60 + 1, 24 * 60 + SWEEP_PASS_MINUTES + 2):
         feed(state, hit(T0 + 60 * minute, ip="10.9.9.9"))
     assert len(state.visitors) == 1
+
+
+def brute_force_sessions(hits: list[Any]) -> Counts:
+    """Page views, and sessions reaching each stage, for hits in event-time order."""
+    last: dict[str, float] = {}
+    reached: dict[str, set[str]] = {}
+    totals = [0, 0, 0, 0]
+    for one in hits:
+        if one.is_bot:
+            continue
+        seen_before = one.visitor in last
+        if seen_before and one.hit.time - last[one.visitor] > 1800:
+            reached[one.visitor] = set()
+        if seen_before or one.is_page_view:
+            last[one.visitor] = max(last.get(one.visitor, one.hit.time), one.hit.time)
+        if not one.is_page_view:
+            continue
+        totals[0] += 1
+        stages = reached.setdefault(one.visitor, set())
+        for index, stage in enumerate(("visit", "menu", "purchase"), 1):
+            if (stage == "visit" or one.stage == stage) and stage not in stages:
+                stages.add(stage)
+                totals[index] += 1
+    return Counts(*totals)
+
+
+def test_published_increments_sum_to_sessions_reaching_each_stage() -> None:
+    """What CloudWatch receives over the whole run: every page view once, and every session's
+    first visit, menu view and purchase once, with a sink publishing at random moments."""
+    rng = random.Random(5)
+    state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
+    hits = []
+    at = T0
+    for _ in range(4000):
+        at += rng.choice((0, 1, 10, 60, 120, 900, 2000))
+        hits.append(
+            hit(
+                at,
+                ip=f"198.51.100.{rng.randrange(40)}",
+                page=rng.choice(("home", "menu", "order", "static", "other")),
+                location=rng.choice((SEATTLE, LYON)),
+                status=rng.choice((200, 200, 404)),
+            )
+        )
+    published = Counts(0, 0, 0, 0)
+    for one in hits:
+        feed(state, one)
+        if rng.random() < 0.05:
+            pending = state.pending_increments()
+            published = sum((p.totals for p in pending), published)
+            if pending:
+                state.mark_published(pending[-1].minute)
+    feed(state, hit(at + 3600, ip="203.0.113.1", bot=True))  # closes every minute
+    published = sum((p.totals for p in state.pending_increments()), published)
+    assert published == brute_force_sessions(hits)
