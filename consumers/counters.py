@@ -33,6 +33,21 @@ their session* in that minute. Increments are kept per minute until published; t
 through which they were published (`published_through`) is snapshotted, so a restart neither
 repeats nor loses them. A late hit whose minute was already published adds to the oldest
 unpublished minute instead, so it is published once, a little late.
+
+The one gap is a crash between PutMetricData succeeding and the snapshot that carries the
+advanced cursor becoming durable: those minutes are published again after the restart. The
+checkpoint step should therefore publish, `mark_published`, then write the snapshot and the
+checkpoint at once, keeping that window a single S3 PUT wide. (Advancing the cursor before
+publishing would turn the rare repeat into a rare loss; the API's counts are exact either way.)
+
+Limits
+------
+- Sessions assume a visitor's hits arrive roughly in order (one IP -> one shard -> the agent
+  reads files oldest first); a hit older than the visitor's last one joins its current session.
+- After a reshard, a parent shard's visitors live in the parent's state and their later hits in
+  a child's, so a visitor active across the split counts in both until the parent's buckets
+  leave the window. Folding a finished parent into its children needs each visitor's Kinesis
+  hash key (MD5 of the IP), which the table does not keep yet.
 """
 
 from __future__ import annotations
