@@ -154,8 +154,15 @@ def _frames(body: bytes) -> Iterator[memoryview]:
         at += length
 
 
-def from_bytes(data: bytes) -> ShardState:
-    """Decode `to_bytes` output; raises `SnapshotError` for anything else."""
+def from_bytes(
+    data: bytes, *, lateness: Lateness | None = None, bot_rule: BotRule | None = None
+) -> ShardState:
+    """Decode `to_bytes` output; raises `SnapshotError` for anything else.
+
+    The rules the state was built with are in the snapshot and are kept unless the caller
+    passes new ones (configuration changed across the restart): a replay after the restore
+    then follows the new rules, which is what the operator asked for.
+    """
     if len(data) < _HEADER.size:
         raise SnapshotError("too short to be a shard state snapshot")
     magic, version = _HEADER.unpack_from(data)
@@ -191,8 +198,8 @@ def from_bytes(data: bytes) -> ShardState:
     high_water = meta["high_water"]
     state = ShardState(
         shard_id=meta["shard_id"],
-        lateness=Lateness(*meta["lateness"]),
-        bot_rule=BotRule(*meta["bot_rule"]),
+        lateness=lateness or Lateness(*meta["lateness"]),
+        bot_rule=bot_rule or BotRule(*meta["bot_rule"]),
         visitors=visitors,
         places=places,  # type: ignore[arg-type]
         place_index={place[:3]: index for index, place in enumerate(places)},  # type: ignore[misc]

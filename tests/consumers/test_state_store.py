@@ -113,3 +113,11 @@ def test_foreign_or_damaged_bytes_are_refused() -> None:
         from_bytes(data[:10] + zlib.compress(body[: len(body) // 2]))
     with pytest.raises(SnapshotError, match="trailing"):
         from_bytes(data[:10] + zlib.compress(body + struct.pack("<Q", 0)))
+
+
+def test_rules_come_from_the_snapshot_unless_given() -> None:
+    data = to_bytes(new_state())
+    assert from_bytes(data).lateness == Lateness(30, 3600)
+    assert from_bytes(data).bot_rule == BotRule(8, 20)
+    restored = from_bytes(data, lateness=Lateness(0, 60), bot_rule=BotRule(3, 5))
+    assert (restored.lateness, restored.bot_rule) == (Lateness(0, 60), BotRule(3, 5))
