@@ -52,7 +52,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from consumers.decode import decode_records
 from consumers.leases import LATEST, TRIM_HORIZON, Checkpoint
 from consumers.models import UserRecord
-from consumers.shard_graph import children_of, shard_infos
+from consumers.shard_graph import ShardInfo, children_of, shard_infos
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,18 @@ class ReadBatch:
 
 @dataclass(frozen=True, slots=True)
 class ShardEnded:
-    """The shard is closed and every record in it was handed out in earlier batches."""
+    """The shard is closed and every record in it was handed out in earlier batches.
+
+    `children` carry their own parents (both, for a merge) and hash ranges, which is what a child
+    lease row needs; the caller creates those rows, then checkpoints SHARD_END.
+    """
 
     shard_id: str
-    child_shard_ids: tuple[str, ...]
+    children: tuple[ShardInfo, ...]
+
+    @property
+    def child_shard_ids(self) -> tuple[str, ...]:
+        return tuple(c.shard_id for c in self.children)
 
 
 ReaderEvent = ReadBatch | ShardEnded
@@ -339,17 +347,32 @@ class ShardReader:
             await self._back_off(attempts, "GetShardIterator")
             attempts += 1
 
-    async def _children(self, response: Mapping[str, Any]) -> tuple[str, ...]:
+    async def _children(self, response: Mapping[str, Any]) -> tuple[ShardInfo, ...]:
         child_shards = response.get("ChildShards")
         if child_shards:
-            return tuple(sorted(c["ShardId"] for c in child_shards))
+            return tuple(
+                sorted(
+                    (
+                        ShardInfo(
+                            shard_id=c["ShardId"],
+                            parent_shard_ids=tuple(sorted(c.get("ParentShards", ()))),
+                            starting_hash_key=str(c["HashKeyRange"]["StartingHashKey"]),
+                            ending_hash_key=str(c["HashKeyRange"]["EndingHashKey"]),
+                            closed=False,
+                        )
+                        for c in child_shards
+                    ),
+                    key=lambda info: info.shard_id,
+                )
+            )
         shards: list[Mapping[str, Any]] = []
         page = await self.kinesis.list_shards(StreamName=self.stream_name)
         shards.extend(page["Shards"])
         while token := page.get("NextToken"):
             page = await self.kinesis.list_shards(NextToken=token)
             shards.extend(page["Shards"])
-        return tuple(children_of(shard_infos(shards), self.shard_id))
+        infos = shard_infos(shards)
+        return tuple(infos[child] for child in children_of(infos, self.shard_id))
 
     async def _pace(self) -> None:
         """At most `max_calls_per_second` calls of ours to this shard (GetRecords and

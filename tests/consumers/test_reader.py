@@ -468,6 +468,13 @@ class SingleWorker:
                 else:
                     assert isinstance(event, ShardEnded)
                     self.ended[shard_id] = time.monotonic()
+                    for child in event.children:  # the children's rows first, as the KCL does
+                        await self.table.create_lease(
+                            child.shard_id,
+                            child.parent_shard_ids,
+                            child.starting_hash_key,
+                            child.ending_hash_key,
+                        )
                     lease = await self.table.mark_shard_end(lease, event.child_shard_ids)
 
 
@@ -514,3 +521,69 @@ async def test_split_and_merge_children_after_parents_every_line_once(
     for p in merged.parent_shard_ids:
         assert worker.started[merged.shard_id] > worker.ended[p]
     assert merged.shard_id not in worker.ended  # open: read, never ended
+
+
+async def test_children_come_from_child_shards_when_the_endpoint_sends_them(
+    kinesalite_kinesis: Any,
+) -> None:
+    """Real Kinesis names the children in the last GetRecords response of a closed shard
+    (ChildShards); kinesalite does not, so the hook adds what Kinesis would send."""
+    kinesis = kinesalite_kinesis
+    stream = await create_stream(kinesis, 1)
+    producer = Producer(kinesis, stream)
+    await producer.put(make_lines(50))
+    [parent] = (await kinesis.list_shards(StreamName=stream))["Shards"]
+    middle = str((int(parent["HashKeyRange"]["EndingHashKey"]) + 1) // 2)
+    await kinesis.split_shard(
+        StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=middle
+    )
+    await wait_active(kinesis, stream)
+    said = [
+        {
+            "ShardId": "shardId-000000000777",
+            "ParentShards": [parent["ShardId"]],
+            "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "5"},
+        }
+    ]
+
+    def add_child_shards(parsed: dict[str, Any], **_: Any) -> None:
+        if "Records" in parsed and parsed.get("NextShardIterator") is None:
+            parsed["ChildShards"] = said
+
+    kinesis.meta.events.register("after-call.kinesis.GetRecords", add_child_shards)
+    try:
+        events = [e async for e in ShardReader(kinesis, stream, parent["ShardId"], **FAST)]
+    finally:
+        kinesis.meta.events.unregister("after-call.kinesis.GetRecords", add_child_shards)
+    ended = events[-1]
+    assert isinstance(ended, ShardEnded)
+    assert ended.child_shard_ids == ("shardId-000000000777",)
+    [child] = ended.children
+    assert child.parent_shard_ids == (parent["ShardId"],)
+    assert (child.starting_hash_key, child.ending_hash_key) == ("0", "5")
+    check_exactly_once([e for e in events if isinstance(e, ReadBatch)], producer.expected)
+
+
+async def test_children_of_a_split_found_with_list_shards(kinesalite_kinesis: Any) -> None:
+    kinesis = kinesalite_kinesis
+    stream = await create_stream(kinesis, 1)
+    [parent] = (await kinesis.list_shards(StreamName=stream))["Shards"]
+    middle = str((int(parent["HashKeyRange"]["EndingHashKey"]) + 1) // 2)
+    await kinesis.split_shard(
+        StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=middle
+    )
+    await wait_active(kinesis, stream)
+    events = [e async for e in ShardReader(kinesis, stream, parent["ShardId"], **FAST)]
+    assert len(events) == 1 and isinstance(events[0], ShardEnded)  # an empty parent ends at once
+    children = events[0].children
+    assert [c.parent_shard_ids for c in children] == [(parent["ShardId"],)] * 2
+    assert [c.starting_hash_key for c in children] == ["0", middle]
+
+
+def test_reader_refuses_a_shard_at_its_end_and_bad_settings() -> None:
+    with pytest.raises(ValueError, match="SHARD_END"):
+        ShardReader(None, "s", "shardId-0", Checkpoint(SHARD_END))
+    with pytest.raises(ValueError):
+        ShardReader(None, "s", "shardId-0", limit=0)
+    with pytest.raises(ValueError):
+        ShardReader(None, "s", "shardId-0", max_calls_per_second=0)
