@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +14,15 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from consumers.geo.locator import GeoDatabaseError, Location
-from consumers.geo.reloading import ReloadingGeoLocator
+from consumers.geo import reloading
+from consumers.geo.locator import (
+    UNKNOWN_LOCATION,
+    GeoDatabaseError,
+    GeoLocator,
+    Location,
+    city_catalog_path,
+)
+from consumers.geo.reloading import _MIXED_BLOCKS, _MIXED_V6_BLOCKS, ReloadingGeoLocator
 
 ADDRESS = "81.2.69.160"
 LONDON = Location("London", "England", "GB", "EU")
@@ -124,3 +134,95 @@ def test_the_embedded_database_is_the_default() -> None:
     with ReloadingGeoLocator() as geo:
         assert "City" in geo.database_type
         assert geo.lookup("10.0.0.1").city == "Unknown"
+
+
+# ---------------------------------------------------------------- caches never change an answer
+
+
+def _catalog_addresses(rng: random.Random) -> list[str]:
+    catalog = json.loads(city_catalog_path().read_text(encoding="utf-8"))
+    networks = [n for city in catalog["cities"] for n in (*city["ipv4"], *city.get("ipv6", ()))]
+    networks += [*catalog.get("unknown_ipv4", ()), *catalog.get("unknown_ipv6", ())]
+    addresses = []
+    for text in networks:
+        network = ipaddress.ip_network(text)
+        for _ in range(3):
+            addresses.append(str(network[rng.randrange(network.num_addresses)]))
+    return addresses
+
+
+def test_every_answer_is_the_locators_own() -> None:
+    """Over the embedded database: catalog networks, the whole IPv4 space, and odd spellings."""
+    rng = random.Random(11)
+    addresses = _catalog_addresses(rng)
+    addresses += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(20_000)]
+    addresses += [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(5_000)]
+    addresses += [
+        str(ipaddress.IPv6Address(0x2 << 124 | rng.getrandbits(124))) for _ in range(5000)
+    ]
+    # Neighbours in the same block, which the database may split.
+    addresses += [f"{a.rpartition('.')[0]}.{rng.randrange(256)}" for a in addresses if "." in a]
+    addresses += [
+        str(ipaddress.IPv6Address(int(ipaddress.IPv6Address(a)) ^ rng.getrandbits(80)))
+        for a in addresses
+        if ":" in a
+    ]
+    # Blocks in which Python's `is_global` varies, and odd spellings.
+    addresses += ["::1", "::", "::2", "::ffff:1.2.3.4", "64:ff9b::1", "64:ff9b::1:0:0:1", "100::1"]
+    addresses += ["100::1:0:0:1", "2001:1::1", "2001:1::4", "2001:4:112::1", "fe80::1%eth0"]
+    addresses += ["2001:DB8::1", "2001:0db8::1", "2600:1f18::1:2:3:4:5:6", "2600:1f18::zz"]
+    addresses += [f"192.0.0.{i}" for i in range(0, 256, 3)] + ["255.255.255.255", "255.255.255.1"]
+    addresses += ["1.2.3.999", "01.2.3.4", "1.2.3.04", " 23.78.129.5", "::ffff:23.78.129.5"]
+    addresses += ["23.78.129.", ".5", "1.2.3.-1", "", "x.y.z.1", "2001:db8::1.2.3.4"]
+    rng.shuffle(addresses)
+    with GeoLocator() as plain, ReloadingGeoLocator() as cached:
+        for _ in range(2):  # the second round is answered from the caches
+            wrong = [a for a in addresses if cached.lookup(a) != plain.lookup(a)]
+            assert wrong == []
+        assert cached.blocks_cached > 100
+        assert any(isinstance(block, int) for block in cached._db.blocks)
+        for odd in (None, 42, ["1.2.3.4"]):
+            assert cached.lookup(odd) == UNKNOWN_LOCATION  # type: ignore[arg-type]
+
+
+def test_a_block_shared_by_two_database_networks_is_looked_up_per_address(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "split.mmdb"
+    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-City", description="t")
+    writer.insert_network(IPSet(["81.2.69.0/25"]), _record(LONDON))
+    writer.insert_network(IPSet(["81.2.69.128/25"]), _record(PARIS))
+    writer.insert_network(IPSet(["81.2.70.0/23"]), _record(PARIS))
+    writer.to_db_file(str(path))
+    with ReloadingGeoLocator(path, clock=clock) as geo:
+        for _ in range(2):
+            assert geo.lookup("81.2.69.1") == LONDON
+            assert geo.lookup("81.2.69.200") == PARIS
+            assert geo.lookup("81.2.69.100") == LONDON
+            assert geo.lookup("81.2.70.9") == PARIS
+            assert geo.lookup("81.2.71.9") == PARIS
+        assert geo.blocks_cached == 2  # 81.2.70 and 81.2.71, not the split 81.2.69
+
+
+def test_python_special_ranges_smaller_than_a_block_lie_in_the_mixed_blocks() -> None:
+    """The block cache skips /24s whose addresses differ in `is_global`; this is the list."""
+    special = list(ipaddress._IPv4Constants._private_networks)  # type: ignore[attr-defined]
+    special += getattr(ipaddress._IPv4Constants, "_private_networks_exceptions", [])
+    for network in special:
+        if network.prefixlen > 24:
+            assert str(network.network_address).rpartition(".")[0] in _MIXED_BLOCKS
+    special = list(ipaddress._IPv6Constants._private_networks)  # type: ignore[attr-defined]
+    special += getattr(ipaddress._IPv6Constants, "_private_networks_exceptions", [])
+    for network in special:
+        if network.prefixlen > 48:
+            assert int(network.network_address) >> 80 in _MIXED_V6_BLOCKS
+
+
+def test_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reloading, "ADDRESS_MEMO_LIMIT", 100)
+    monkeypatch.setattr(reloading, "BLOCK_CACHE_LIMIT", 10)
+    with ReloadingGeoLocator() as geo:
+        for i in range(1000):
+            geo.lookup(f"23.{i % 200}.{i // 200}.7")
+        assert len(geo._db.addresses) <= 100
+        assert len(geo._db.blocks) <= 10
