@@ -89,7 +89,11 @@ class Enricher:
             agent = hit.user_agent
             bot = is_bot(agent)
             page = classify(hit.path)
-            stage = stage_of(page, hit.method, hit.status, is_bot=bot)
+            # Bots and static files (two hits in three) are never page views: skip the rule.
+            if bot or page == "static":
+                stage = None
+            else:
+                stage = stage_of(page, hit.method, hit.status, is_bot=False)
             append(
                 construct(
                     hit,
