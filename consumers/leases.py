@@ -158,6 +158,11 @@ class LeaseTable:
         item = response.get("Item")
         return None if item is None else Lease.from_item(item)
 
+    async def read_checkpoint(self, shard_id: str) -> Checkpoint | None:
+        """Where a reader of `shard_id` resumes (None: no row yet, so the initial position)."""
+        lease = await self.get(shard_id)
+        return None if lease is None else lease.checkpoint
+
     async def list_leases(self) -> list[Lease]:
         """Every row (a consistent scan, all pages), sorted by shard id."""
         leases: list[Lease] = []

@@ -108,7 +108,8 @@ async def test_checkpoint_never_goes_backwards(table: LeaseTable) -> None:
     # The same position again (a retry after a lost response) is fine; sub-sequence order counts.
     lease = await table.checkpoint(lease, SEQ_2, 3)
     lease = await table.checkpoint(lease, SEQ_2, 4)
-    assert (await _get(table, "shardId-0")).checkpoint == Checkpoint(SEQ_2, 4)
+    assert await table.read_checkpoint("shardId-0") == Checkpoint(SEQ_2, 4)
+    assert await table.read_checkpoint("shardId-unknown") is None
     lease = await table.mark_shard_end(lease, [])
     with pytest.raises(CheckpointOrderError):
         await table.checkpoint(lease, SEQ_2, 5)

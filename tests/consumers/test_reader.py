@@ -373,18 +373,26 @@ async def test_a_slow_consumer_pauses_reading_and_nothing_is_skipped(kinesis: An
     producer = Producer(kinesis, stream)
     await producer.put(make_lines(400))
     reader = ShardReader(kinesis, stream, shard, limit=2, queue_batches=1, **FAST)
+    # A stall longer than an iterator's five minutes: the first call after it finds it expired.
+    faults = GetRecordsFaults()
+    uninstall = faults.install(kinesis)
     batches: list[ReadBatch] = []
-    async with reader:
-        events = aiter(reader)
-        batches.append(await asyncio.wait_for(anext(events), 30))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)  # the sink stalls: the reader fills its queue and waits
-        calls = reader.stats.get_records_calls
-        await asyncio.sleep(0.5)
-        assert reader.stats.get_records_calls == calls, "reading went on while the sink stalled"
-        assert calls <= 3
-        while sum(len(b.records) for b in batches) < 400:
+    try:
+        async with reader:
+            events = aiter(reader)
             batches.append(await asyncio.wait_for(anext(events), 30))  # type: ignore[arg-type]
-            await asyncio.sleep(0.001)  # still slow, but pulling
+            await asyncio.sleep(0.3)  # the sink stalls: the reader fills its queue and waits
+            calls = reader.stats.get_records_calls
+            faults.script = ["expired"]
+            await asyncio.sleep(0.5)
+            assert reader.stats.get_records_calls == calls, "reading went on during the stall"
+            assert calls <= 3
+            while sum(len(b.records) for b in batches) < 400:
+                batches.append(await asyncio.wait_for(anext(events), 30))  # type: ignore[arg-type]
+                await asyncio.sleep(0.001)  # still slow, but pulling
+    finally:
+        uninstall()
+    assert reader.stats.expired_iterators == 1
     check_exactly_once(batches, producer.expected)
 
 
