@@ -42,7 +42,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -219,6 +219,8 @@ class ShardReader:
         await self.stop()
 
     def __aiter__(self) -> AsyncIterator[ReaderEvent]:
+        """Events until ShardEnded (or the error that stopped reading). Iterate inside
+        ``async with``, which stops the fetch task when the caller leaves early."""
         return self._events()
 
     async def _events(self) -> AsyncIterator[ReaderEvent]:
@@ -288,7 +290,9 @@ class ShardReader:
                 await self._queue.put(ShardEnded(self.shard_id, children))
                 return
             iterator = next_iterator
-            if not response["Records"] or response.get("MillisBehindLatest") == 0:
+            records = len(response["Records"])
+            at_tip = response.get("MillisBehindLatest") == 0 and records < self.limit
+            if not records or at_tip:
                 await asyncio.sleep(self.poll_interval_s)
 
     async def _hand_out(self, response: Mapping[str, Any]) -> str | None:
@@ -330,21 +334,29 @@ class ShardReader:
         else:
             kwargs["ShardIteratorType"] = "AT_SEQUENCE_NUMBER"
             kwargs["StartingSequenceNumber"] = self.start_at.sequence_number
+        self.stats.iterators_requested += 1
+        response = await self._retrying(self.kinesis.get_shard_iterator, **kwargs)
+        return str(response["ShardIterator"])
+
+    async def _retrying(self, call: Callable[..., Awaitable[Any]], **kwargs: Any) -> Any:
+        """`call(**kwargs)`, paced, retried with backoff on throttling, 5xx and connection
+        errors (the control-plane calls around GetRecords: never the reason a reader dies)."""
         attempts = 0
         while True:
             await self._pace()
             try:
-                self.stats.iterators_requested += 1
-                response = await self.kinesis.get_shard_iterator(**kwargs)
-                return str(response["ShardIterator"])
+                return await call(**kwargs)
             except ClientError as error:
                 code = _error_code(error)
-                if code not in _THROTTLING and code not in _SERVER and _status(error) < 500:
+                if code in _THROTTLING:
+                    self.stats.throttled += 1
+                elif code in _SERVER or _status(error) >= 500:
+                    self.stats.server_errors += 1
+                else:
                     raise
-                self.stats.throttled += code in _THROTTLING
             except (BotoConnectionError, HTTPClientError, TimeoutError):
                 self.stats.connection_errors += 1
-            await self._back_off(attempts, "GetShardIterator")
+            await self._back_off(attempts, getattr(call, "__name__", "call"))
             attempts += 1
 
     async def _children(self, response: Mapping[str, Any]) -> tuple[ShardInfo, ...]:
@@ -366,10 +378,10 @@ class ShardReader:
                 )
             )
         shards: list[Mapping[str, Any]] = []
-        page = await self.kinesis.list_shards(StreamName=self.stream_name)
+        page = await self._retrying(self.kinesis.list_shards, StreamName=self.stream_name)
         shards.extend(page["Shards"])
         while token := page.get("NextToken"):
-            page = await self.kinesis.list_shards(NextToken=token)
+            page = await self._retrying(self.kinesis.list_shards, NextToken=token)
             shards.extend(page["Shards"])
         infos = shard_infos(shards)
         return tuple(infos[child] for child in children_of(infos, self.shard_id))

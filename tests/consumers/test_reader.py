@@ -107,12 +107,12 @@ class GetRecordsFaults:
 
     script: list[str] = field(default_factory=list)
     injected: Counter[str] = field(default_factory=Counter)
+    operation: str = "GetRecords"
 
     def install(self, client: Any) -> Callable[[], None]:
-        client.meta.events.register("before-call.kinesis.GetRecords", self._before_call)
-        return lambda: client.meta.events.unregister(
-            "before-call.kinesis.GetRecords", self._before_call
-        )
+        event = f"before-call.kinesis.{self.operation}"
+        client.meta.events.register(event, self._before_call)
+        return lambda: client.meta.events.unregister(event, self._before_call)
 
     async def _before_call(self, **_: Any) -> Any:
         if not self.script:
@@ -343,6 +343,28 @@ async def test_throttling_and_server_errors_back_off_and_lose_nothing(kinesis: A
     # Repeated 5xx fetch a fresh iterator (moto answers a bad iterator with 500): from the last
     # record handed out, so still nothing lost or repeated.
     assert reader.stats.iterators_requested > 1
+    check_exactly_once(batches, producer.expected)
+
+
+async def test_control_plane_calls_are_retried_too(kinesis: Any) -> None:
+    """GetShardIterator (at the start and after an expiry) throttled or failing: retried."""
+    stream = await create_stream(kinesis, 1)
+    [shard] = await shard_ids(kinesis, stream)
+    producer = Producer(kinesis, stream)
+    await producer.put(make_lines(300))
+    iterator_faults = GetRecordsFaults(
+        ["throttle", "500", "ok", "throttle"], operation="GetShardIterator"
+    )
+    record_faults = GetRecordsFaults(["ok", "expired"])
+    uninstall = [iterator_faults.install(kinesis), record_faults.install(kinesis)]
+    reader = ShardReader(kinesis, stream, shard, limit=3, backoff_cap_s=0.05, **FAST)
+    try:
+        batches = await read_until([reader], 300)
+    finally:
+        for undo in uninstall:
+            undo()
+    assert iterator_faults.injected == {"throttle": 2, "500": 1, "ok": 1}
+    assert reader.stats.expired_iterators == 1
     check_exactly_once(batches, producer.expected)
 
 
