@@ -11,6 +11,11 @@ not timed), the table's size, summary latency for the 5m, 1h and 24h windows, an
 --snapshot) the snapshot's size and encode/decode times.
 
     .venv/bin/python bench/state_memory.py [--visitors 1000000] [--cities 3000] [--snapshot]
+        [--uniform-cities]
+
+By default cities are Pareto-distributed (a few big ones, a long tail; ~900 of 3,000 appear),
+as real traffic is; --uniform-cities spreads visitors evenly, the worst case for the per-minute
+buckets.
 """
 
 from __future__ import annotations
@@ -59,7 +64,10 @@ def visitor_hits(index: int, rng: random.Random, locations: list[Location]) -> l
     if index >= 1 << 24:
         ip = f"11.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
     visitor = f"{ip}\t{AGENT}"
-    location = locations[min(int(rng.paretovariate(1.2)) - 1, len(locations) - 1)]
+    if UNIFORM:
+        location = locations[rng.randrange(len(locations))]
+    else:
+        location = locations[min(int(rng.paretovariate(1.2)) - 1, len(locations) - 1)]
     at = START + index * SPAN / VISITORS
     steps: list[tuple[float, str, str, str | None, str]] = [
         (at, "/cafe/", "home", "visit", "GET"),
@@ -81,17 +89,23 @@ def visitor_hits(index: int, rng: random.Random, locations: list[Location]) -> l
 
 
 VISITORS = 1_000_000
+UNIFORM = False
 
 
 def main() -> None:
-    global VISITORS
+    global UNIFORM, VISITORS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--visitors", type=int, default=VISITORS)
     parser.add_argument("--cities", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--uniform-cities",
+        action="store_true",
+        help="visitors spread evenly over all cities (worst case for the buckets' memory)",
+    )
     parser.add_argument("--snapshot", action="store_true", help="also time snapshot encode/decode")
     args = parser.parse_args()
-    VISITORS = args.visitors
+    VISITORS, UNIFORM = args.visitors, args.uniform_cities
     rng = random.Random(args.seed)
     locations = places(args.cities)
     baseline = rss_mb()
