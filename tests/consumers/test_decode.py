@@ -71,9 +71,15 @@ def ours(data: bytes) -> list[tuple[int, bytes]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(any_line, min_size=1, max_size=300), st.sampled_from([1024, 4096, 1024 * 1024]))
-def test_agent_records_decode_to_exact_lines(lines: list[bytes], max_record_bytes: int) -> None:
-    builder = RecordBuilder(even_map(2), max_record_bytes=max_record_bytes)
+@given(
+    st.lists(any_line, min_size=1, max_size=300),
+    st.sampled_from([1024, 4096, 1024 * 1024]),
+    st.booleans(),
+)
+def test_agent_records_decode_to_exact_lines(
+    lines: list[bytes], max_record_bytes: int, aggregate: bool
+) -> None:
+    builder = RecordBuilder(even_map(2), aggregate=aggregate, max_record_bytes=max_record_bytes)
     chunk = b"".join(line + b"\n" for line in lines)
     builder.add_chunk(FILE, 1000, chunk, now=0.0)
     builder.seal_all()
