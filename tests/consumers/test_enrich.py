@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,7 @@ class _Tally:
     static_lines: int = 0
     page_views: int = 0
     visitors: dict[str, tuple[Location, set[str]]] = field(default_factory=dict)
+    place_views: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def add(self, enriched: EnrichedHit) -> None:
         if enriched.is_bot:
@@ -180,7 +182,8 @@ class _Tally:
         if not enriched.is_page_view:
             return
         self.page_views += 1
-        _place, stages = self.visitors.setdefault(enriched.visitor, (enriched.location, set()))
+        place, stages = self.visitors.setdefault(enriched.visitor, (enriched.location, set()))
+        self.place_views[(place.city, place.region, place.country)] += 1
         assert enriched.stage is not None
         stages.add(enriched.stage)
 
@@ -189,8 +192,9 @@ class _Tally:
         for location, stages in self.visitors.values():
             row = places.setdefault(
                 (location.city, location.region, location.country),
-                {"visitors": 0, "menu_viewers": 0, "purchasers": 0},
+                {"visitors": 0, "menu_viewers": 0, "purchasers": 0, "page_views": 0},
             )
+            row["page_views"] = self.place_views[(location.city, location.region, location.country)]
             row["visitors"] += 1
             row["menu_viewers"] += "menu" in stages
             row["purchasers"] += "purchase" in stages
@@ -244,10 +248,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return log, json.loads(truth.read_text(encoding="utf-8"))
 
 
-def test_enrichment_counts_exactly_the_ground_truth(
-    simulated: tuple[Path, dict[str, Any]], enricher: Enricher
-) -> None:
-    log, truth = simulated
+def _count(log: Path, enricher: Enricher) -> dict[str, Any]:
     tally = _Tally()
     hits: list[Hit] = []
     with log.open("rb") as lines:
@@ -260,15 +261,37 @@ def test_enrichment_counts_exactly_the_ground_truth(
                 hits.append(result)
     for enriched in enricher.enrich_batch(hits):
         tally.add(enriched)
-    counted = tally.summary()
+    return tally.summary()
+
+
+def test_enrichment_counts_exactly_the_ground_truth(
+    simulated: tuple[Path, dict[str, Any]], enricher: Enricher
+) -> None:
+    log, truth = simulated
+    counted = _count(log, enricher)
 
     assert counted["lines"] == truth["lines"] == 20_000
     assert counted["totals"] == truth["totals"]
     assert counted["bot_lines"] == truth["bot_lines"]
     assert counted["static_lines"] == truth["static_lines"]
-    fields = ("city", "region", "country", "visitors", "menu_viewers", "purchasers")
+    fields = ("city", "region", "country", "visitors", "menu_viewers", "purchasers", "page_views")
     assert counted["cities"] == [{k: row[k] for k in fields} for row in truth["cities"]]
     # The run is worth comparing: every kind of thing the rules distinguish occurs in it.
     assert truth["totals"]["purchasers"] > 50 and truth["bot_lines"] > 1000
     assert len(truth["cities"]) > 30 and truth["ipv6_lines"] > 0
     assert any(row["city"] == "Unknown" for row in truth["cities"])
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        SiteRules(menu=("/cafe/menu.php", "/cafe/orderHistory.php")),  # a second menu page
+        SiteRules(page_view_statuses=frozenset(range(200, 300))),  # 3xx not counted
+        SiteRules(static_prefixes=("/cafe/css/",), static_extensions=(".css",)),  # images count
+    ],
+)
+def test_the_comparison_notices_a_rule_the_truth_does_not_follow(
+    rules: SiteRules, simulated: tuple[Path, dict[str, Any]], geo: GeoLocator
+) -> None:
+    log, truth = simulated
+    assert _count(log, Enricher(geo, rules=rules))["totals"] != truth["totals"]
