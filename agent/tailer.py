@@ -50,6 +50,7 @@ import contextlib
 import errno
 import fnmatch
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -80,7 +81,7 @@ TRUNCATION_MARKER = b"...[clickstream:truncated]"
 _LONG_LINE_CHUNKS_PER_CALL = 64
 # How many bytes before a reading position identify the content read up to there (a copy must hold
 # the same bytes at the same place).
-_TAIL_BYTES = 64
+_TAIL_BYTES = 1024
 # Reading positions remembered with the bytes before them (see `FileTailer.holds_what_was_read`).
 _MARKS = 32
 # Generations of `distinct_key` looked for when a file's checkpoint is sought after a restart.
@@ -173,6 +174,24 @@ class SavedFile(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class _Mark:
+    """A reading position and a hash of the bytes before it (a kilobyte: enough to span several
+    log lines, so that two different logs do not match by a repeated user agent)."""
+
+    offset: int
+    length: int
+    digest: bytes
+
+    @classmethod
+    def of(cls, offset: int, tail: bytes) -> _Mark:
+        return cls(offset, len(tail), hashlib.blake2b(tail, digest_size=16).digest())
+
+    def found_in(self, fd: int) -> bool:
+        data = os.pread(fd, self.length, self.offset - self.length)
+        return hashlib.blake2b(data, digest_size=16).digest() == self.digest
+
+
+@dataclass(frozen=True, slots=True)
 class _Stop:
     """Where reading of a content stopped in this process, for a file that may continue it."""
 
@@ -180,7 +199,8 @@ class _Stop:
     at: float
     digest: str
     tail: bytes  # the bytes just before `position`, as read: a copy holds them too
-    marks: tuple[tuple[int, bytes], ...]  # the same at earlier positions
+    marks: tuple[_Mark, ...]  # the same at earlier positions
+    head: int  # how many first bytes the fingerprint covers
     device: int
     inode: int
     truncated: bool  # its file's content was replaced (copytruncate): a copy may continue it
@@ -398,7 +418,7 @@ class FileTailer:
         # The last bytes before `position`, as read: what a copy of this content must also hold;
         # and the same at the last few reading positions (a copy may end before `position`).
         self.tail = b""
-        self.marks: deque[tuple[int, bytes]] = deque(maxlen=_MARKS)
+        self.marks: deque[_Mark] = deque(maxlen=_MARKS)
         # An over-long line being followed: where it starts, how far it was scanned, its head.
         self._long_start: int | None = None
         self._long_scan = 0
@@ -416,7 +436,7 @@ class FileTailer:
         before = min(_TAIL_BYTES, position)
         self.tail = os.pread(self.fd, before, position - before) if before else b""
         self.marks.clear()
-        self.marks.append((position, self.tail))
+        self.marks.append(_Mark.of(position, self.tail))
         self._long_start = None
         self.maybe_more = True
 
@@ -502,7 +522,7 @@ class FileTailer:
             self._long_prefix = b""
             self.position = end
             self.tail = chunk[: newline + 1][-_TAIL_BYTES:]
-            self.marks.append((end, self.tail))
+            self.marks.append(_Mark.of(end, self.tail))
             self.high = max(self.high, end)
             stats.bytes += end - start
             if end - 1 - start <= self.max_line_bytes:
@@ -525,7 +545,7 @@ class FileTailer:
             self.tail = consumed[-_TAIL_BYTES:]
         else:
             self.tail = (self.tail + consumed)[-_TAIL_BYTES:]
-        self.marks.append((self.position, self.tail))
+        self.marks.append(_Mark.of(self.position, self.tail))
 
     def holds_what_was_read(self, stop: _Stop) -> bool:
         """Whether this file is a copy of the content `stop` describes, up to its own end.
@@ -537,9 +557,11 @@ class FileTailer:
         size = os.fstat(self.fd).st_size
         if size >= stop.position:
             return self.continues(stop.position, stop.tail)
-        for offset, tail in reversed(stop.marks):
-            if offset <= size:
-                return self.continues(offset, tail)
+        for mark in reversed(stop.marks):
+            if mark.offset <= stop.head:
+                break  # bytes within the first line prove nothing: every candidate has them
+            if mark.offset <= size:
+                return mark.found_in(self.fd)
         return False
 
     def continues(self, position: int, tail: bytes) -> bool:
@@ -923,6 +945,7 @@ class GlobTailer:
             reader.fingerprint.digest,
             reader.tail,
             tuple(reader.marks),
+            reader.fingerprint.length,
             reader.device,
             reader.inode,
             truncated,
@@ -1046,13 +1069,13 @@ class GlobTailer:
     def _assign(self, reader: FileTailer, fingerprint: Fingerprint, startup: bool) -> None:
         """Decide which content a file holds, under which key, and where reading it starts."""
         digest = fingerprint.digest
-        if self._twin_of(reader, digest) is not None:
-            # The same bytes as a file being read (a copy not yet followed by a truncation, a
-            # backup): read once. A standby, in case the other file's content is replaced.
-            reader.fingerprint = fingerprint
-            return
         key, position = self._continuation(reader, digest)
         if key is None:
+            if self._twin_of(reader, digest) is not None:
+                # The same bytes as a file being read (a copy not yet followed by a truncation,
+                # a backup): read once. A standby, in case the other file's content is replaced.
+                reader.fingerprint = fingerprint
+                return
             key, position = self._resumption(reader, digest, startup)
         reader.start(fingerprint, file_identity(os.fstat(reader.fd), fingerprint, key), position)
         if startup and self.config.from_start:
@@ -1062,7 +1085,12 @@ class GlobTailer:
         self._issue(reader, LineBatch(reader.identity, reader.path, position, position, []))
 
     def _twin_of(self, reader: FileTailer, digest: str) -> FileTailer | None:
-        """A file being read whose bytes this one repeats as far as both go, if any."""
+        """A file being read of which this one is a copy (as far as it goes), if any.
+
+        A copy of a live file is never longer than it (logs only grow) and ends with the same
+        bytes as the original holds at that offset. A file that is no longer than its first line
+        cannot be told apart yet; it has nothing to read either, so it waits as a twin.
+        """
         for holder in self._holders.values():
             if (
                 holder is reader
@@ -1071,11 +1099,14 @@ class GlobTailer:
             ):
                 continue
             try:
-                if os.fstat(holder.fd).st_nlink == 0:
-                    continue  # deleted: a file that appears now is another one
+                st = os.fstat(holder.fd)
             except OSError:
                 continue
-            end = min(reader.size, holder.size)
+            if st.st_nlink == 0:
+                continue  # deleted: a file that appears now is another one
+            if reader.size > st.st_size:
+                continue  # longer than the original: not a copy of it
+            end = reader.size
             width = min(_TAIL_BYTES, end)
             if os.pread(reader.fd, width, end - width) == os.pread(holder.fd, width, end - width):
                 return holder

@@ -18,12 +18,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from agent.config import AgentConfig
 from agent.models import Ack
 from agent.tailer import GlobTailer, LineBatch, SavedFile
+
+HEADER = b"#Fields: the same first line in every file\n"
 
 
 def line(n: int) -> bytes:
@@ -480,7 +483,9 @@ class Scenario:
     and truncation of lines that were never read.
     """
 
-    def __init__(self, directory: Path, pattern: str, rnd: random.Random) -> None:
+    def __init__(
+        self, directory: Path, pattern: str, rnd: random.Random, header: bool = False
+    ) -> None:
         from agent.positions import AckTracker, PositionStore
 
         self.rnd = rnd
@@ -500,13 +505,24 @@ class Scenario:
         self.tailer: GlobTailer | None = GlobTailer(
             self.settings, saved=self.tracker.load(), flow=self.tracker
         )
-        self.writer = self.log.open("ab", buffering=0)
+        self.header = header  # every file starts with the same line (W3C-style logs)
+        self.writer = self.new_file()
         self.written = 0
         self.half: bytes | None = None  # the rest of a line split across writes
         self.rotations = 0
         self.rotated_while_down = 0
         self.read: list[int] = []
         self.poll()  # the agent is running before the first line is written
+
+    def new_file(self) -> BinaryIO:
+        writer = self.log.open("ab", buffering=0)
+        if self.header:
+            writer.write(HEADER)
+        return writer
+
+    def start_file(self) -> None:
+        if self.header:
+            self.writer.write(HEADER)
 
     @property
     def up(self) -> bool:
@@ -531,15 +547,20 @@ class Scenario:
                 saved_files=self.tracker.saved_files(),
             )
         for batch in self.tailer.poll():
-            self.read.extend(int(x.data[:8]) for x in batch.lines)
+            self.read.extend(int(x.data[:8]) for x in batch.lines if x.data[:1] != b"#")
             self.tracker.ack(Ack(batch.file, batch.start, batch.end))
 
     def followed(self) -> bool:
-        """Whether the agent holds the file now at `log` (it has seen a complete line of it)."""
+        """Whether the agent holds the file now at `log` and has read a line of it (beyond the
+        header: a header-only file truncated back to its header looks unchanged to any poller)."""
         if self.tailer is None:
             return False
         inode = self.log.stat().st_ino
-        return any(r.inode == inode and r.identity is not None for r in self.tailer._files.values())
+        least = len(HEADER) if self.header else 0
+        return any(
+            r.inode == inode and r.identity is not None and r.position > least
+            for r in self.tailer._files.values()
+        )
 
     def append(self) -> None:
         self.finish_half()
@@ -573,11 +594,12 @@ class Scenario:
                 self.write(lines(self.written, self.written + 3))
             self.finish_half()
             self.writer.close()
-            self.writer = self.log.open("ab", buffering=0)
+            self.writer = self.new_file()
         else:
             self.finish_half()
             shutil.copyfile(self.log, self.dir / "access_log.1")
             os.ftruncate(self.writer.fileno(), 0)
+            self.start_file()
 
     def delete(self) -> None:
         """Deleted; the server writes on to it until it reopens its log."""
@@ -589,7 +611,7 @@ class Scenario:
             self.log.unlink()
             self.write(lines(self.written, self.written + 2))
             self.writer.close()
-            self.writer = self.log.open("ab", buffering=0)
+            self.writer = self.new_file()
 
     def truncate(self) -> None:
         """Truncated in place, everything in it already read."""
@@ -598,6 +620,7 @@ class Scenario:
         self.finish_half()
         self.poll()
         os.ftruncate(self.writer.fileno(), 0)
+        self.start_file()
 
     def restart(self) -> None:
         if not self.up:
@@ -629,13 +652,18 @@ def test_random_interleavings_of_writes_rotations_restarts_and_reads(
     reads in between: every line is read exactly once, and in the order written (the old file
     is finished before the new one)."""
     rnd = random.Random(seed)
-    scenario = Scenario(tmp_path, "access_log*" if seed % 2 else "access_log", rnd)
+    # Every third run: every file starts with the same header line, so contents are told apart
+    # by more than their first line. (Not with restarts: after one, a rewrite that keeps the
+    # header is only caught by a checkpoint that no longer falls on a line boundary, and these
+    # lines are all the same length.)
+    header = seed % 3 == 2
+    scenario = Scenario(tmp_path, "access_log*" if seed % 2 else "access_log", rnd, header)
     steps = [
         (0.45, scenario.append),
         (0.10, scenario.rotate),
         (0.03, scenario.delete),
         (0.03, scenario.truncate),
-        (0.04, scenario.restart),
+        (0.0 if header else 0.04, scenario.restart),
         (0.35, scenario.poll),
     ]
     for _ in range(300):
@@ -648,8 +676,6 @@ def test_random_interleavings_of_writes_rotations_restarts_and_reads(
 
 
 # Contents whose first lines are the same ----------------------------------------------------------
-
-HEADER = b"#Fields: the same first line in every file\n"
 
 
 def data(batches: list[LineBatch]) -> list[bytes]:
