@@ -13,10 +13,14 @@ combined format's optional last field) lets us recover the visitor with the stan
 - if every address in the header is trusted, the left-most one is the best we know.
 
 Entries that are not addresses (`unknown`, obfuscated identifiers, junk) are ignored: skipped,
-neither trusted nor an answer. A `port` (`1.2.3.4:5678`, `[2001:db8::1]:443`, as some balancers
-write) is dropped. Answers are spelled canonically, as `consumers.parse` spells `client_ip`
-(IPv6 compressed and lower case, IPv4-mapped IPv6 as IPv4, no zone id), so one visitor has one
-key whichever way their address arrived.
+neither trusted nor an answer. A client cannot exploit that, because the first proxy always
+appends the client's real address to the right of anything it forged; only a *trusted* proxy
+that hides its client behind `unknown` would let the entries left of it (the client's own) be
+read, so do not list such a proxy as trusted.
+
+A port (`1.2.3.4:5678`, `[2001:db8::1]:443`, as some balancers write) is dropped. Answers are
+spelled canonically, as `consumers.parse` spells `client_ip` (IPv6 compressed and lower case,
+IPv4-mapped IPv6 as IPv4, no zone id), so one visitor has one key however their address came.
 
 The default is no trusted proxies: the logged address is used and the header is never read,
 because trusting it by default would let any client choose its own address.
