@@ -52,6 +52,7 @@ Limits
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -481,10 +482,27 @@ def _place_row(names: dict[str, str], counts: Counts) -> dict[str, Any]:
     }
 
 
-def summarize(states: Iterable[ShardState], window: str = "24h") -> dict[str, Any]:
+def _ranked(packed_by_key: dict[Any, int], limit: int | None) -> list[tuple[int, Any, int]]:
+    """(-visitors, key, packed) of the keys with visitors, most visitors first, ties by key
+    (name first): sorting plain tuples, and building rows only for what is shown, keeps a
+    summary of 20,000 places in tens of milliseconds."""
+    ranked = (
+        (-visitors, key, packed)
+        for key, packed in packed_by_key.items()
+        if (visitors := (packed >> FIELD_BITS) & FIELD_MASK)
+    )
+    return sorted(ranked) if limit is None else heapq.nsmallest(limit, ranked)
+
+
+def summarize(
+    states: Iterable[ShardState], window: str = "24h", limit: int | None = None
+) -> dict[str, Any]:
     """The `GET /api/summary` body (DESIGN.md §9) for the window ending with the newest minute any
     shard has seen: totals, cities (visitors desc, then city, region, country), regions,
     countries and conversion rates. Shards are merged by place name, since each interns its own.
+
+    `limit` keeps the first `limit` cities and regions only (a top N for a dashboard); totals
+    and countries always cover everything. None lists every city, as the contract does.
     """
     span = window_minutes(window)
     shards: Sequence[ShardState] = list(states)
@@ -512,17 +530,7 @@ def summarize(states: Iterable[ShardState], window: str = "24h") -> dict[str, An
         packed_countries[(country, continent)] = (
             packed_countries.get((country, continent), 0) + packed
         )
-    places = sorted(
-        (
-            (key, counts)
-            for key, counts in ((k, Counts.unpack(p)) for k, p in packed_by_place.items())
-            if counts.visitors
-        ),
-        key=lambda item: (-item[1].visitors, item[0][0], item[0][1], item[0][2]),
-    )
     totals = Counts.unpack(packed_total)
-    regions = {key: Counts.unpack(p) for key, p in packed_regions.items() if p >> FIELD_BITS}
-    countries = {key: Counts.unpack(p) for key, p in packed_countries.items() if p >> FIELD_BITS}
     newest_time = max((s.newest_time for s in shards if s.newest_time is not None), default=None)
     return {
         "window": window,
@@ -544,21 +552,20 @@ def summarize(states: Iterable[ShardState], window: str = "24h") -> dict[str, An
         "cities": [
             _place_row(
                 {"city": city, "region": region, "country": country, "continent": continent},
-                counts,
+                Counts.unpack(packed),
             )
-            for (city, region, country, continent), counts in places
+            for _, (city, region, country, continent), packed in _ranked(packed_by_place, limit)
         ],
         "regions": [
-            _place_row({"region": region, "country": country, "continent": continent}, counts)
-            for (region, country, continent), counts in sorted(
-                regions.items(), key=lambda item: (-item[1].visitors, item[0][0], item[0][1])
+            _place_row(
+                {"region": region, "country": country, "continent": continent},
+                Counts.unpack(packed),
             )
+            for _, (region, country, continent), packed in _ranked(packed_regions, limit)
         ],
         "countries": [
-            _place_row({"country": country, "continent": continent}, counts)
-            for (country, continent), counts in sorted(
-                countries.items(), key=lambda item: (-item[1].visitors, item[0][0])
-            )
+            _place_row({"country": country, "continent": continent}, Counts.unpack(packed))
+            for _, (country, continent), packed in _ranked(packed_countries, None)
         ],
     }
 

@@ -17,6 +17,7 @@ from consumers.counters import (
     top_cities,
     top_regions,
 )
+from consumers.geo.locator import Location
 from consumers.windows import Lateness, minute_of
 from tests.consumers.state_support import (
     LYON,
@@ -327,3 +328,17 @@ def test_published_increments_sum_to_sessions_reaching_each_stage() -> None:
     feed(state, hit(at + 3600, ip="203.0.113.1", bot=True))  # closes every minute
     published = sum((p.totals for p in state.pending_increments()), published)
     assert published == brute_force_sessions(hits)
+
+
+def test_a_limited_summary_is_the_full_one_cut_short() -> None:
+    rng = random.Random(2)
+    state, feed = ShardState("s"), Feeder()
+    cities = [Location(f"C{i % 7}", f"R{i}", "US", "NA") for i in range(40)]
+    for i in range(600):
+        feed(state, hit(T0 + i, ip=f"10.1.{i // 200}.{i % 200}", location=rng.choice(cities)))
+    full, top = summarize([state], "24h"), summarize([state], "24h", limit=5)
+    assert top["cities"] == full["cities"][:5]
+    assert top["regions"] == full["regions"][:5]
+    assert top["totals"] == full["totals"] and top["countries"] == full["countries"]
+    rows = [(-row["visitors"], row["city"], row["region"]) for row in full["cities"]]
+    assert rows == sorted(rows) and len(rows) == 40
