@@ -5,6 +5,19 @@ One `ShardState` per shard: a visitor's hits all reach one shard (the partition 
 client IP), so sessions and distinct counts never need another shard's state, and a shard's
 state can be snapshotted with its checkpoint (`consumers.state_store`) and move between workers.
 
+Use, from the shard processor::
+
+    state = ShardState(shard_id, Lateness(...), BotRule(...))   # or state_store.from_bytes(blob)
+    state.add(enriched_hit, sequence_number, sub_sequence_number)   # per parsed line
+    state.add_rejected(sequence_number, sub_sequence_number)        # per line that did not parse
+    # checkpoint: publish state.pending_increments() (cities folded with MinuteIncrements.by_city
+    # and top_cities(summarize(all_states), N)), state.mark_published(last minute sent), then
+    # write state_store.to_bytes(state) and the checkpoint that references it
+    summarize(all_states, "24h")                                   # GET /api/summary
+
+Everything runs on the worker's event loop: a summary must not be computed in another thread
+while records are being added.
+
 How exact distinct counts stay cheap
 ------------------------------------
 A visitor is in a window iff the newest minute it was seen at (per stage) is in the window, so
