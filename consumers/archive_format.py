@@ -319,6 +319,10 @@ def events_table(
         logged_ips = [address(a) for a in logged_ips]  # type: ignore[arg-type]
         if any(f is not None for f in forwarded):
             forwarded = [privacy.header(f) for f in forwarded]  # type: ignore[arg-type]
+    client_ip_array = pa.array(client_ips, pa.string())
+    # Without a trusted proxy the visitor is the logged client: one conversion serves both.
+    same_address = logged_ips == client_ips
+    logged_ip_array = client_ip_array if same_address else pa.array(logged_ips, pa.string())
     raw_lines = (
         pa.array(_column(records, "line"), pa.binary())
         if privacy.keeps_raw_line
@@ -330,8 +334,8 @@ def events_table(
         pa.array(_column(records, "event_id"), pa.string()),
         _milliseconds(_column(parsed, "time")),  # type: ignore[arg-type]
         pa.array(_column(parsed, "utc_offset_minutes"), pa.int16()),
-        pa.array(client_ips, pa.string()),
-        pa.array(logged_ips, pa.string()),
+        client_ip_array,
+        logged_ip_array,
         pa.array(forwarded, pa.string()),
         pa.array(_column(parsed, "ident"), pa.string()),
         pa.array(_column(parsed, "user"), pa.string()),

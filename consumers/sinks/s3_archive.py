@@ -53,9 +53,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 import pyarrow as pa
@@ -73,6 +74,8 @@ from consumers.models import EnrichedHit, Rejection, UserRecord
 from consumers.sinks.base import EMPTY_FLUSH, ArchiveWriteError, FlushResult, Pending
 
 log = logging.getLogger(__name__)
+
+_line_of = attrgetter("line")
 
 ArchiveKind = Literal["events", "rejects"]
 PARQUET_CONTENT_TYPE: Final = "application/vnd.apache.parquet"
@@ -208,6 +211,26 @@ class S3ArchiveSink:
         batch.hits.append(hit)
         batch.session_ids.append(session_id)
         batch.line_bytes += len(record.line)
+
+    def add_batch(
+        self,
+        records: Sequence[UserRecord],
+        hits: Sequence[EnrichedHit],
+        session_ids: Sequence[str | None],
+    ) -> None:
+        """`add` for a Kinesis record's worth of lines at once (parallel sequences): the
+        processor's hot path, three list extends instead of three appends per line."""
+        if not (len(records) == len(hits) == len(session_ids)):
+            raise ValueError("records, hits and session ids must be parallel")
+        if not records:
+            return
+        batch = self._batch
+        if batch.first_added is None:
+            batch.first_added = self._clock()
+        batch.records += records
+        batch.hits += hits
+        batch.session_ids += session_ids
+        batch.line_bytes += sum(map(len, map(_line_of, records)))
 
     def add_rejected(self, record: UserRecord, rejection: Rejection) -> None:
         batch = self._batch

@@ -201,3 +201,17 @@ async def test_a_failed_flush_keeps_the_batch_and_the_retry_writes_it(s3: Any) -
     assert result.records == 10
     ids = await archived_event_ids(s3)
     assert ids == [r.event_id for r, _, _ in made]  # shard order, nothing lost or doubled
+
+
+def test_add_batch_is_add_for_many_lines_at_once() -> None:
+    made = [make_event(i) for i in range(3)]
+    one = S3ArchiveSink(None, BUCKET, SHARD, clock=lambda: 5.0)
+    many = S3ArchiveSink(None, BUCKET, SHARD, clock=lambda: 5.0)
+    for record, hit, session in made:
+        one.add(record, hit, session)
+    records, hits, sessions = (list(column) for column in zip(*made, strict=True))
+    many.add_batch(records, hits, sessions)
+    many.add_batch([], [], [])
+    assert many.pending == one.pending
+    with pytest.raises(ValueError, match="parallel"):
+        many.add_batch(records, hits, [])
