@@ -82,6 +82,39 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    # Agent (`clickstream agent`, on the web server; see agent/config.py for what each one does).
+    agent_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Prometheus /metrics and /healthz on 127.0.0.1 (0: any)"
+    )
+    agent_linger_ms: int = Field(
+        250,
+        ge=0,
+        le=60_000,
+        description="how long a shard's first waiting line may wait to be sent",
+    )
+    max_line_bytes: int = Field(
+        64 * 1024, ge=64, le=1024 * 1024, description="longer lines are truncated or rejected"
+    )
+    oversize_policy: Literal["truncate", "reject"] = "truncate"
+    aggregate: bool = Field(True, description="pack lines into KPL aggregated records")
+    stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="no acknowledgement this long with lines waiting: unhealthy",
+    )
+    max_in_flight_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=256 * 1024,
+        le=1024 * 1024 * 1024,
+        description="bytes read but not yet acknowledged before reading pauses",
+    )
+
+    @field_validator("oversize_policy", mode="before")
+    @classmethod
+    def _lower_policy(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:

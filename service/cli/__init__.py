@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "setup": ("service.cli.setup", "create the stream, bucket, lease table and dashboard"),
     "simulate": ("service.cli.simulate", "write simulated café access_log traffic"),
     "geoip": ("service.cli.geoip", "show or build the geolocation database"),
+    "agent": ("service.cli.agent", "tail an access log (path or glob) into the Kinesis stream"),
     "demo": ("service.cli.demo", "run the whole pipeline locally on simulated traffic"),
 }
 
