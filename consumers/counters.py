@@ -89,7 +89,11 @@ SWEEP_PASS_MINUTES: Final = 4 * 60
 a day is forgotten within 28 hours, and a hit pays well under a microsecond for it."""
 
 PlaceKey = tuple[str, str, str, str]
-"""(city, region, country, continent): a place as the summaries and metrics name it."""
+"""(city, region, country, continent): a place as the summaries name it."""
+
+CityKey = tuple[str, str, str]
+"""(city, region, country): a city as CloudWatch's dimensions name it (`CITY_DIMENSIONS`), and
+as `consumers.sinks.cloudwatch.bucket_metric_data` takes it."""
 
 OTHER: Final = "Other"
 
@@ -160,11 +164,16 @@ class MinuteIncrements:
     def totals(self) -> Counts:
         return sum(self.by_place.values(), ZERO)
 
-    def by_city(self, top_cities: Collection[PlaceKey]) -> dict[PlaceKey | str, Counts]:
+    def by_city_key(self) -> dict[CityKey, Counts]:
+        """Per (city, region, country): the `by_place` argument of `bucket_metric_data`."""
+        return {place[:3]: counts for place, counts in self.by_place.items()}  # type: ignore[misc]
+
+    def by_city(self, top_cities: Collection[CityKey]) -> dict[CityKey | str, Counts]:
         """Cities in `top_cities` by name, every other one folded into `OTHER` (DESIGN.md §8)."""
-        folded: dict[PlaceKey | str, Counts] = {}
+        folded: dict[CityKey | str, Counts] = {}
         for place, counts in self.by_place.items():
-            key: PlaceKey | str = place if place in top_cities else OTHER
+            city: CityKey = place[:3]  # type: ignore[assignment]
+            key: CityKey | str = city if city in top_cities else OTHER
             folded[key] = folded.get(key, ZERO) + counts
         return folded
 
@@ -583,13 +592,11 @@ def summarize(
     }
 
 
-def top_cities(summary: dict[str, Any], n: int) -> list[PlaceKey]:
+def top_cities(summary: dict[str, Any], n: int) -> list[CityKey]:
     """The `n` cities with most visitors (ties by name, as the summary sorts them): the cities
-    that get their own CloudWatch series; every other one is `OTHER`."""
-    return [
-        (row["city"], row["region"], row["country"], row["continent"])
-        for row in summary["cities"][:n]
-    ]
+    that get their own CloudWatch series; every other one is `OTHER`. Taken from a long window
+    (24 h), the set changes slowly, so few distinct metrics are billed."""
+    return [(row["city"], row["region"], row["country"]) for row in summary["cities"][:n]]
 
 
 def top_regions(summary: dict[str, Any], n: int) -> list[tuple[str, str]]:

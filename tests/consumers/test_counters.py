@@ -184,8 +184,8 @@ def test_cities_sorted_by_visitors_then_name_and_merged_across_shards() -> None:
     assert [r["country"] for r in summary["countries"]] == ["US", "FR"]
     assert summary["regions"][0]["region"] == "Washington"
     assert top_cities(summary, 2) == [
-        ("Seattle", "Washington", "US", "NA"),
-        ("Lyon", "Auvergne-Rhone-Alpes", "FR", "EU"),
+        ("Seattle", "Washington", "US"),
+        ("Lyon", "Auvergne-Rhone-Alpes", "FR"),
     ]
     assert top_regions(summary, 1) == [("US", "Washington")]
 
@@ -235,7 +235,7 @@ def test_increments_fold_into_top_cities_and_regions() -> None:
     feed(state, hit(T0 + 1, ip="10.0.0.3", location=PORTLAND_ME))
     feed(state, hit(T0 + 60, ip="10.0.0.4"))
     (minute,) = state.pending_increments()
-    seattle = ("Seattle", "Washington", "US", "NA")
+    seattle = ("Seattle", "Washington", "US")
     folded = minute.by_city([seattle])
     assert folded == {seattle: Counts(1, 1, 0, 0), OTHER: Counts(2, 2, 0, 0)}
     assert minute.by_region([("US", "Washington")]) == {
@@ -243,6 +243,32 @@ def test_increments_fold_into_top_cities_and_regions() -> None:
         OTHER: Counts(2, 2, 0, 0),
     }
     assert minute.by_region()[("FR", "Auvergne-Rhone-Alpes")] == Counts(1, 1, 0, 0)
+
+
+def test_increments_hand_over_to_the_cloudwatch_sink() -> None:
+    """The sink's `bucket_metric_data` takes (city, region, country) -> (page views, visitors,
+    menu viewers, purchasers): exactly `by_city_key()`, with `top_cities` of a summary."""
+    cloudwatch = pytest.importorskip("consumers.sinks.cloudwatch")
+    state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
+    feed(state, hit(T0, ip="10.0.0.1", page="menu"), hit(T0 + 1, ip="10.0.0.2", location=LYON))
+    state.add_rejected(feed.sequence)
+    feed.sequence += 1
+    feed(state, hit(T0 + 60, ip="10.0.0.4"))
+    (minute,) = state.pending_increments()
+    data = cloudwatch.bucket_metric_data(
+        minute.timestamp,
+        minute.by_city_key(),
+        top_cities=top_cities(summarize([state]), 1),
+        top_regions=top_regions(summarize([state]), 1),
+        rejected_lines=minute.rejected_lines,
+    )
+    totals = {d.name: d.value for d in data if not d.dimensions}
+    assert totals == {
+        "PageViews": 2, "Visitors": 2, "MenuViewers": 1, "Purchasers": 0, "RejectedLines": 1,
+    }  # fmt: skip
+    cities = {d.dimensions[-1][1] for d in data if len(d.dimensions) == 3}
+    assert cities == {"Seattle", OTHER}
+    assert {d.timestamp for d in data} == {T0}
 
 
 def test_increments_count_sessions_and_rejections() -> None:
