@@ -215,3 +215,24 @@ def test_add_batch_is_add_for_many_lines_at_once() -> None:
     assert many.pending == one.pending
     with pytest.raises(ValueError, match="parallel"):
         many.add_batch(records, hits, [])
+
+
+@pytest.mark.integration
+async def test_a_crash_in_the_middle_of_a_flush_is_repaired_by_the_replay(s3: Any) -> None:
+    """kill -9 while the PUTs are in flight: some hours' objects written, others not."""
+
+    def die_at_hour_09(params: dict[str, Any], **_: Any) -> None:
+        if "/hour=09/" in params["Key"]:
+            raise ConnectionError("injected: process killed mid-flush")
+
+    made = spanning_hours(30)
+    crashed = S3ArchiveSink(s3, BUCKET, SHARD, max_attempts=1)
+    s3.meta.events.register("provide-client-params.s3.PutObject", die_at_hour_09, "die")
+    with pytest.raises(ArchiveWriteError):
+        await run(crashed, made, cuts=[])
+    s3.meta.events.unregister("provide-client-params.s3.PutObject", unique_id="die")
+    assert any("/hour=08/" in key for key in await listing(s3))
+
+    await run(S3ArchiveSink(s3, BUCKET, SHARD), made, cuts=[3, 11])  # replay, cut elsewhere
+    ids = await archived_event_ids(s3)
+    assert sorted(ids) == sorted(r.event_id for r, _, _ in made)
