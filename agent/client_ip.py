@@ -42,11 +42,11 @@ def normalise_ip(candidate: bytes) -> str | None:
         try:
             socket.inet_pton(socket.AF_INET, text)  # dotted quad, no leading zeros: canonical
             return text
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL byte
             return None
     try:
         return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
-    except OSError:
+    except (OSError, ValueError):
         pass
     try:
         return str(ipaddress.ip_address(text))

@@ -33,6 +33,9 @@ def test_client_ip_of_known_formats(line: bytes, expected: str) -> None:
         b'{"remoteIP": "not-an-ip"}',
         b'{"remoteIP": "1.2.3.4',
         b"999.1.1.1 - -",
+        b"1.2.3\x00.4 - - [22/Feb/2023:03:38:18 +0000]",  # a NUL byte: inet_pton raises ValueError
+        b"::1\x00 - -",
+        b'{"remoteIP": "1.2.3.4\x00"}',
     ],
 )
 def test_no_client_ip(line: bytes) -> None:
@@ -59,3 +62,10 @@ def test_normalise_agrees_with_ipaddress(text: str) -> None:
     else:
         assert got is not None and ipaddress.ip_address(got) == expected
         assert normalise_ip(got.encode()) == got  # canonical: stable under a second pass
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_give_an_address_or_none(line: bytes) -> None:
+    """The agent must ship every line: finding its key may fail, never raise."""
+    got = client_ip(line)
+    assert got is None or ipaddress.ip_address(got)
