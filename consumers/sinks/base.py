@@ -37,6 +37,7 @@ class Pending:
 
     records: int
     bytes: int
+    """Raw line bytes: a proxy for the objects' size (the archive's Parquet is ~6x smaller)."""
     age_s: float
     """Seconds since the oldest record not yet flushed was added (0.0 when empty)."""
 

@@ -199,6 +199,7 @@ class S3ArchiveSink:
         self.encode_in_thread = encode_in_thread
         self._clock = clock
         self._batch = _Batch()
+        self._flushing = asyncio.Lock()
         self.stats = ArchiveStats()
 
     # ------------------------------------------------------------------ add (hot path)
@@ -254,6 +255,10 @@ class S3ArchiveSink:
         Rows added while this runs belong to the next batch. On failure the rows are kept
         (ahead of newer ones) and `ArchiveWriteError` is raised: do not checkpoint.
         """
+        async with self._flushing:  # one batch in flight, ever (the key rule)
+            return await self._flush()
+
+    async def _flush(self) -> FlushResult:
         batch, self._batch = self._batch, _Batch()
         if not len(batch):
             return EMPTY_FLUSH

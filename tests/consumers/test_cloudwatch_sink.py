@@ -3,6 +3,8 @@ queue, expiry), and, against moto, batching within API limits and outages that o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -221,6 +223,43 @@ async def test_large_backlogs_go_out_in_calls_within_the_api_limits(cloudwatch: 
     assert (result.sent, result.calls) == (2_400, 3)
     values = await values_by_time(cloudwatch, names.PAGE_VIEWS, start, start + 60 * 2_399)
     assert len(values) == 2_400 and set(values.values()) == {1.0}
+
+
+@pytest.mark.integration
+async def test_long_dimension_values_split_calls_below_the_payload_limit(cloudwatch: Any) -> None:
+    calls: list[int] = []
+    cloudwatch.meta.events.register(
+        "provide-client-params.monitoring.PutMetricData",
+        lambda params, **_: calls.append(len(params["MetricData"])),
+    )
+    sink = CloudWatchSink(cloudwatch, NAMESPACE)
+    when = minute_ago(30)
+    data = tuple(
+        MetricDatum(names.VISITORS, ((names.CITY, f"{i:04d}" + "x" * 1_000),), when, 1.0)
+        for i in range(1_000)
+    )
+    assert sum(d.payload_estimate() for d in data) > 3_000_000
+    sink.add([MetricBatch("shard-0", 1, data)])
+    result = await sink.flush()
+    assert result.sent == 1_000 and sum(calls) == 1_000
+    assert len(calls) >= 4  # 1,000 data would fit one call by count, not by size
+
+
+@pytest.mark.integration
+async def test_run_publishes_every_interval_until_cancelled(cloudwatch: Any) -> None:
+    sink = CloudWatchSink(cloudwatch, NAMESPACE)
+    task = asyncio.create_task(sink.run(interval_s=0.05))
+    try:
+        sink.add([batch("shard-0", 1, 2.0)])
+        for _ in range(200):
+            if sink.acknowledged("shard-0") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert sink.acknowledged("shard-0") == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @pytest.mark.integration
