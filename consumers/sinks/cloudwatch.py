@@ -96,9 +96,10 @@ class MetricDatum:
         }
 
     def payload_estimate(self) -> int:
-        """An upper bound of this datum's share of a request (query-string encoding, every
-        byte of a name or value possibly percent-encoded as three)."""
-        size = 160 + 3 * len(self.name.encode())
+        """An upper bound of this datum's share of a request body in any of CloudWatch's
+        protocols: the query protocol (the largest: member keys, every byte of a name or
+        value possibly percent-encoded as three), JSON, or CBOR (current botocore)."""
+        size = 250 + 3 * len(self.name.encode())
         for key, value in self.dimensions:
             size += 110 + 3 * (len(key.encode()) + len(value.encode()))
         return size

@@ -232,6 +232,11 @@ async def test_long_dimension_values_split_calls_below_the_payload_limit(cloudwa
         "provide-client-params.monitoring.PutMetricData",
         lambda params, **_: calls.append(len(params["MetricData"])),
     )
+    bodies: list[int] = []
+    cloudwatch.meta.events.register(
+        "before-send.monitoring.PutMetricData",
+        lambda request, **_: bodies.append(len(request.body)),
+    )
     sink = CloudWatchSink(cloudwatch, NAMESPACE)
     when = minute_ago(30)
     data = tuple(
@@ -243,6 +248,8 @@ async def test_long_dimension_values_split_calls_below_the_payload_limit(cloudwa
     result = await sink.flush()
     assert result.sent == 1_000 and sum(calls) == 1_000
     assert len(calls) >= 4  # 1,000 data would fit one call by count, not by size
+    assert len(bodies) == len(calls) and max(bodies) < 1_000_000
+    assert sum(bodies) <= sum(d.payload_estimate() for d in data)
 
 
 @pytest.mark.integration
