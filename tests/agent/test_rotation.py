@@ -337,7 +337,7 @@ async def test_real_logrotate_while_a_writer_appends(
         on_disk: collections.Counter[int] = collections.Counter()
         for path in logdir.glob("access_log*"):
             on_disk.update(int(x[:8]) for x in path.read_bytes().splitlines())
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while set(on_disk) - set(read) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         await asyncio.sleep(settings.poll_interval_s * 3)  # anything read twice shows up now
@@ -447,7 +447,7 @@ async def test_the_simulators_own_rotation_while_it_writes(
         assert simulate.returncode == 0, stderr.decode()
         on_disk = lines_on_disk(tmp_path)
         assert sum(on_disk.values()) == count  # the simulator rotates without losing lines
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while read != on_disk and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # anything read twice shows up now

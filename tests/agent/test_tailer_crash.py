@@ -125,7 +125,7 @@ async def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, rotate: bo
     kills = 0
     driver = await start_driver(str(log), state, out)
     try:
-        while writer.returncode is None:
+        while writer.returncode is None or kills < 5:  # at least five, however slow the box
             await asyncio.sleep(rnd.uniform(0.2, 0.9))
             driver.send_signal(signal.SIGKILL)
             await driver.wait()
@@ -137,11 +137,11 @@ async def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, rotate: bo
                 await logrotate(log, writer.pid)  # while it runs
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(writer.wait(), timeout=0.01)
-        # Let the last run catch up.
-        for _ in range(200):
-            if out.exists() and out.read_bytes().count(b"\n") >= count:
+        # Let the last run catch up (repeats count too, so count distinct lines).
+        for _ in range(150):
+            if len(delivered_lines(out)) >= count:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
         await asyncio.sleep(0.3)
     finally:
         for process in (driver, writer):
@@ -158,3 +158,7 @@ async def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, rotate: bo
     # Repeats come only from lines delivered after the last checkpoint write before each kill
     # (checkpoints every 50 ms, at most ~40k lines/s): far below one repeat per line.
     assert repeated < kills * 10_000, f"{repeated} repeats after {kills} kills"
+
+
+def delivered_lines(out: Path) -> set[bytes]:
+    return set(out.read_bytes().splitlines()) if out.exists() else set()
