@@ -25,22 +25,28 @@ logrotate renames or even deletes during a long stall is still read completely.
 
 Copytruncate, in detail. logrotate copies `access_log` to `access_log.1`, then truncates
 `access_log` to zero, and the web server keeps appending to it. The reader of `access_log` notices
-that the file no longer starts with its fingerprinted bytes (a size check alone would miss a file
-that already grew back past the old position). It gives up the old content's fingerprint and
-remembers the byte where it stopped. The copy starts with the same bytes, so it has the same
-fingerprint: whether it is found by the glob or by a look at the original's siblings, it continues
-from exactly that byte, so the lines written between the last read and the copy are read from the
-copy, and nothing read before is read again. The truncated file has new first bytes, hence a new
-fingerprint, and is read from 0. (Lines written after logrotate's copy and before its truncate are
-in neither file: that window is copytruncate's own, documented loss, and no tailer can read them.)
+that the file shrank, or no longer holds its first line or the kilobyte it read last (a size check
+alone would miss a file that already grew back past the old position). It gives up the old
+content's key and remembers where it stopped, with hashes of the bytes before that position and a
+few earlier ones. The copy starts with the same bytes and holds the same bytes at those positions:
+whether it is found by the glob or by a look at the original's siblings, it continues from exactly
+that byte (or, if it ends earlier, it is recognised and nothing in it is read again), so the lines
+written between the last read and the copy are read from the copy, once. The truncated file has
+new content and is read from 0. (Lines written after logrotate's copy and before its truncate, and
+not read before it, are in neither file: copytruncate's own, documented loss.)
+
+Contents that share a first line (a fixed header, a file written again) are told apart by their
+bytes, not their first line: a copy must hold what was read, and another content gets a key of
+its own (`agent.identity.distinct_key`), so checkpoints and event ids never collide.
 
 Rotation while the agent is stopped: on start, a checkpointed content that no matched file holds
 any more is looked for next to the name it was last read under; found there (renamed or copied),
-it is read from its checkpoint to its end, then let go.
+it is read from its checkpoint to its end, then let go. A checkpoint is trusted only where it
+falls on a line boundary of the file it is applied to.
 
-Known limit: two contents whose first lines are byte-identical share a fingerprint (see
-`agent.identity`); a file truncated and rewritten with the very same first line is read again from
-0, but its checkpoint and event ids collide with the old content's.
+Limits no poller escapes: a file whose whole content appears and is rotated away between two
+looks is seen only if the glob matches its rotated name; a header-only file truncated back to the
+same header looks unchanged.
 """
 
 from __future__ import annotations
