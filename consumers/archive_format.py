@@ -44,6 +44,13 @@ only (`.../dt=2026-11-22/hour=07/...`), never columns inside the file: DuckDB
 (`read_parquet('.../events/**/*.parquet', hive_partitioning = true)`) and Athena (partition
 projection on `dt`, `hour`) add them as columns, and a copy inside the file could only disagree.
 
+Querying: DuckDB adds `shard` from the path too (the same value as `shard_id`). In Athena,
+declare `dt` (date, `yyyy-MM-dd`) and `hour` (integer, two digits) with partition projection and
+`storage.location.template` `s3://<bucket>/<prefix>/events/dt=${dt}/hour=${hour}/`; Athena
+reads every object under a partition's location, the `shard=` folders included, and `shard_id`
+in the file serves queries by shard. Rows are unique by `event_id` (see the key rule in
+`consumers.sinks.s3_archive`), so `count(*)` needs no DISTINCT.
+
 The rejects schema (`REJECT_SCHEMA`): `event_id`, `reason`, `detail`, `shard_id`,
 `sequence_number`, `sub_sequence_number`, `arrival_time`, `raw_line`. A line that did not parse
 has no trustworthy event time, so rejects are partitioned by `arrival_time`. Their raw line is
