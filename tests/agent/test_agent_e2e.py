@@ -27,6 +27,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -292,14 +293,19 @@ async def test_the_command_ships_a_log_exactly_once_and_stops_cleanly(
     simulate_bulk(log_file, 20_000, seed=3)
     size = log_file.stat().st_size
     await create_stream()
+    # systemd's Type=notify: the agent says READY=1 once the stream is open, STOPPING=1 on SIGTERM.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(5)
     agent = Agent(
         [str(log_file), "--from-start", "--stream", STREAM, "--metrics-port", "0"],
-        agent_env(state),
+        agent_env(state, NOTIFY_SOCKET=str(tmp_path / "notify")),
         tmp_path / "agent.log",
     )
     listening = await agent.wait_for_log("metrics on")
     running = await agent.wait_for_log("agent running")
     assert running["first_run"] is True and running["from_start"] is True
+    assert await asyncio.to_thread(notify.recv, 256) == b"READY=1"
     seconds = await wait_for_checkpoint(state, log_file, size, agent)
     print(f"\n20,000 lines through the command to moto in {seconds:.2f}s")
 
@@ -323,6 +329,8 @@ async def test_the_command_ships_a_log_exactly_once_and_stops_cleanly(
     code, stop_seconds = await agent.stop()
     print(f"SIGTERM to exit: {stop_seconds:.2f}s")
     assert code == 0
+    assert await asyncio.to_thread(notify.recv, 256) == b"STOPPING=1"
+    notify.close()
     assert stop_seconds < 10
     assert checkpoint(state) == {str(log_file): size}
     stopped = agent.logs()[-1]
@@ -588,3 +596,216 @@ async def test_unreachable_kinesis_turns_health_red_and_loses_nothing(
     assert delivery.unmatched == []
     assert delivery.records == 4_000 + sum(n for _, n in delivery.duplicates)
     print(f"{len(delivery.duplicates)} duplicates (puts cut off mid-call by the proxy)")
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+class FaultyKinesis:
+    """An HTTP proxy in front of kinesalite that fails PutRecords the way Kinesis does.
+
+    Per PutRecords call, a seeded choice: forward it; answer 400 throttling or 500 without
+    forwarding; or forward only some entries and answer the others with a per-entry
+    ProvisionedThroughputExceededException (a partial failure: the rest really are stored).
+    Every other call passes through. kinesalite checks that a request is signed, not the
+    signature, so a request with entries removed is still accepted.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, seed: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.rng = random.Random(seed)
+        self.actions: Counter[str] = Counter()
+        self.stored: Counter[bytes] = Counter()  # Data of every entry Kinesis accepted
+        self._server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @staticmethod
+    async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        first, *lines = head[:-4].split(b"\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return first, headers, body
+
+    @staticmethod
+    def _message(first: bytes, headers: dict[str, str], body: bytes) -> bytes:
+        headers = {**headers, "content-length": str(len(body))}
+        headers.pop("x-amz-crc32", None)
+        lines = [first] + [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    def _answer(self, status: int, error: str) -> bytes:
+        body = json.dumps({"__type": error, "message": "injected by the test"}).encode()
+        reason = b"Bad Request" if status == 400 else b"Internal Server Error"
+        first = b"HTTP/1.1 %d %b" % (status, reason)
+        headers = {"content-type": "application/x-amz-json-1.1", "x-amzn-requestid": "fault"}
+        return self._message(first, headers, body)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        try:
+            while True:
+                first, headers, body = await self._read_message(reader)
+                if not headers.get("x-amz-target", "").endswith(".PutRecords"):
+                    up_writer.write(self._message(first, headers, body))
+                    await up_writer.drain()
+                    writer.write(self._message(*await self._read_message(up_reader)))
+                    await writer.drain()
+                    continue
+                writer.write(await self._put_records(first, headers, body, up_reader, up_writer))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
+
+    async def _put_records(
+        self,
+        first: bytes,
+        headers: dict[str, str],
+        body: bytes,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> bytes:
+        request = json.loads(body)
+        entries = request["Records"]
+        # Every kind at least once, whatever the seed: the first call is throttled, the first
+        # call with several entries partly fails.
+        if not self.actions:
+            action = "throttle"
+        elif not self.actions["partial"] and len(entries) > 1:
+            action = "partial"
+        else:
+            action = self.rng.choices(["ok", "partial", "throttle", "500"], [4, 3, 2, 1])[0]
+        if action == "partial" and len(entries) < 2:
+            action = "throttle"
+        self.actions[action] += 1
+        if action == "throttle":
+            return self._answer(400, "ProvisionedThroughputExceededException")
+        if action == "500":
+            return self._answer(500, "InternalFailure")
+        keep = list(range(len(entries)))
+        if action == "partial":
+            dropped = set(self.rng.sample(keep, self.rng.randint(1, len(entries) - 1)))
+            keep = [i for i in keep if i not in dropped]
+        forwarded = {**request, "Records": [entries[i] for i in keep]}
+        up_writer.write(self._message(first, headers, json.dumps(forwarded).encode()))
+        await up_writer.drain()
+        status, response_headers, response_body = await self._read_message(up_reader)
+        response = json.loads(response_body)
+        if b" 200 " not in status + b" ":
+            return self._message(status, response_headers, response_body)
+        results: list[dict[str, Any]] = [
+            {
+                "ErrorCode": "ProvisionedThroughputExceededException",
+                "ErrorMessage": "Rate exceeded (injected by the test)",
+            }
+        ] * len(entries)
+        for index, result in zip(keep, response["Records"], strict=True):
+            results[index] = result
+            if "ErrorCode" not in result:
+                self.stored[entries[index]["Data"].encode()] += 1
+        merged = {
+            "FailedRecordCount": sum("ErrorCode" in r for r in results),
+            "Records": results,
+        }
+        return self._message(status, response_headers, json.dumps(merged).encode())
+
+
+@pytest.mark.parametrize("aggregate", [True, False], ids=["aggregated", "one-line-records"])
+async def test_partial_failures_and_throttling_lose_nothing_and_resend_nothing_stored(
+    kinesalite: str, tmp_path: Path, aggregate: bool
+) -> None:
+    log_file, state = tmp_path / "access_log", tmp_path / "state"
+    # Aggregated records hold up to 1 MiB: enough lines that a call carries several of them.
+    lines = 40_000 if aggregate else 10_000
+    simulate_bulk(log_file, lines, seed=31)
+    size = log_file.stat().st_size
+    await create_stream()
+    host, port = kinesalite.removeprefix("http://").split(":")
+    proxy = FaultyKinesis(host, int(port), seed=5)
+    await proxy.start()
+    env = agent_env(state, AWS_ENDPOINT_URL_KINESIS=f"http://127.0.0.1:{proxy.port}")
+    argv = [str(log_file), "--from-start", "--stream", STREAM, "--metrics-port", "0"]
+    argv += ["--linger-ms", "20", "--aggregate" if aggregate else "--no-aggregate"]
+    if not aggregate:
+        argv += ["--max-in-flight-bytes", str(512 * 1024)]  # many calls of up to 500 records
+    agent = Agent(argv, env, tmp_path / "agent.log")
+    try:
+        url = f"http://127.0.0.1:{(await agent.wait_for_log('metrics on'))['metrics_port']}"
+        await wait_for_checkpoint(state, log_file, size, agent, limit_s=120)
+        _, text = await http_get(url + "/metrics")
+        code, _ = await agent.stop()
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+        await proxy.close()
+    assert code == 0
+    assert proxy.actions["partial"] > 0 and proxy.actions["throttle"] > 0, proxy.actions
+    assert sample(text, 'clickstream_agent_retries_total{cause="throttled"}') > 0
+    server_errors = sample(text, 'clickstream_agent_retries_total{cause="server_error"}')
+    assert (server_errors > 0) == (proxy.actions["500"] > 0), (server_errors, proxy.actions)
+    resent = [data for data, n in proxy.stored.items() if n > 1]
+    assert resent == [], f"{len(resent)} entries were stored twice"
+    delivery = check_delivery(await read_stream(), [log_file])
+    assert delivery.duplicates == [] and delivery.unmatched == []
+    assert delivery.records == lines
+    print(
+        f"\naggregate={aggregate}: PutRecords calls {dict(proxy.actions)}, no line lost or resent"
+    )
+
+
+async def test_a_second_signal_stops_without_waiting_for_the_drain(
+    kinesalite: str, tmp_path: Path
+) -> None:
+    log_file, state, more = tmp_path / "access_log", tmp_path / "state", tmp_path / "more"
+    simulate_bulk(log_file, 1_000, seed=41)
+    simulate_bulk(more, 1_000, seed=42)
+    await create_stream()
+    host, port = kinesalite.removeprefix("http://").split(":")
+    proxy = DroppingProxy(host, int(port))
+    await proxy.start()
+    env = agent_env(state, AWS_ENDPOINT_URL_KINESIS=f"http://127.0.0.1:{proxy.port}")
+    argv = [str(log_file), "--from-start", "--stream", STREAM, "--metrics-port", "0"]
+    argv += ["--shutdown-timeout", "60", "--linger-ms", "20"]
+    agent = Agent(argv, env, tmp_path / "agent.log")
+    try:
+        url = f"http://127.0.0.1:{(await agent.wait_for_log('metrics on'))['metrics_port']}"
+        acknowledged = log_file.stat().st_size
+        await wait_for_checkpoint(state, log_file, acknowledged, agent)
+        proxy.drop()
+        append(log_file, more)
+
+        async def all_read() -> bool:
+            _, text = await http_get(url + "/metrics")
+            return sample(text, "clickstream_agent_lines_read_total") == 2_000
+
+        await wait_until(all_read, 10, "the new lines being read")
+        started = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        await agent.wait_for_log("stopping (drain, checkpoint, exit)")
+        await asyncio.sleep(0.3)
+        code, _ = await agent.stop()  # the second signal
+        seconds = time.monotonic() - started
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+        await proxy.close()
+    assert code == 0
+    assert seconds < 5, seconds
+    assert checkpoint(state)[str(log_file)] == acknowledged
+    assert agent.logs()[-1]["drained"] is False
+    print(f"\ntwo SIGTERMs with lines in flight and Kinesis unreachable: exit 0 in {seconds:.2f}s")
