@@ -243,6 +243,7 @@ def _realtime(
     except OSError as exc:
         print(f"clickstream simulate: error: cannot open {args.out}: {exc}", file=sys.stderr)
         return 1
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: out.request_reopen())
     log.info("appending %g lines/s to %s; stop with Ctrl-C", args.rate, args.out)
     try:
         written = run_realtime(out, engine, truth, limit=args.lines, should_stop=stop.is_set)

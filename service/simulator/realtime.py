@@ -8,6 +8,9 @@ optional rotation every K lines in either of logrotate's styles:
   which is what Apache does after a graceful restart;
 - `copytruncate`: copy `out` to `out.1` and truncate `out` in place; the writer keeps its
   append-mode descriptor, so its next line lands at offset 0.
+
+Like Apache, the writer reopens its path on SIGHUP (`request_reopen`), so an external logrotate
+in `create` mode, whose postrotate sends that signal, works as it does on a web server.
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ class RotatingLog:
         self.rotations = 0
         self._fd = self._open()
         self._in_file = 0  # lines written since the last rotation
+        self._reopen = False
+
+    def request_reopen(self) -> None:
+        """Safe to call from a signal handler: the reopen happens before the next write."""
+        self._reopen = True
+
+    def _reopen_if_requested(self) -> None:
+        if self._reopen:
+            self._reopen = False
+            os.close(self._fd)
+            self._fd = self._open()
+            self._in_file = 0
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -51,6 +66,7 @@ class RotatingLog:
         Rotating only when another line is due means a run that stops on a multiple of `every`
         leaves a full file behind, not an empty one.
         """
+        self._reopen_if_requested()
         start = 0
         while start < len(lines):
             if self.every is not None and self._in_file >= self.every:

@@ -147,3 +147,29 @@ def test_a_signal_stops_cleanly_with_the_truth_written(
     data = out.read_bytes()
     assert data.endswith(b"\n")
     assert json.loads(truth_path.read_text())["lines"] == data.count(b"\n")
+
+
+def test_sighup_reopens_the_path_like_apache(tmp_path: Path, test_geo: Geo) -> None:
+    """logrotate's `create` mode renames the log and sends SIGHUP: new lines go to a new file."""
+    out, truth_path = tmp_path / "live.log", tmp_path / "live.json"
+    command = [sys.executable, "-m", "service.cli", "simulate", "--rate", "400", "--lines", "1200"]
+    command += ["--out", str(out), "--truth", str(truth_path), "--catalog", str(test_geo.catalog)]
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(command, cwd=repo)
+    rotated = tmp_path / "live.log.1"
+    try:
+        deadline = time.monotonic() + 30
+        while not (out.exists() and out.read_bytes().count(b"\n") >= 200):
+            assert time.monotonic() < deadline, "the simulator wrote nothing"
+            time.sleep(0.05)
+        os.replace(out, rotated)
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    old, new = rotated.read_bytes(), out.read_bytes()
+    assert new.count(b"\n") > 0, "the simulator kept writing into the renamed file"
+    assert old.endswith(b"\n") and new.endswith(b"\n")
+    assert old.count(b"\n") + new.count(b"\n") == 1200
+    assert json.loads(truth_path.read_text())["lines"] == 1200
