@@ -49,6 +49,7 @@ from prometheus_client.registry import Collector
 from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
 from agent.positions import AckTracker, PositionStore, StateDirLocked
+from agent.shardmap import ShardMapError
 from agent.shipper import Shipper
 from agent.tailer import GlobTailer, ProgressSink, TailStats
 
@@ -267,6 +268,7 @@ async def run_agent(
             f"{exc}; stop it first, or give this one its own state directory"
         ) from None
     server: MetricsServer | None = None
+    tailer: GlobTailer | None = None
     try:
         tracker = AckTracker(store, config)
         saved = tracker.load()
@@ -305,7 +307,7 @@ async def run_agent(
                     address.url,
                     extra={"metrics_port": address.port},
                 )
-            if not await _start_shipper(shipper, stream, shutdown, config.stall_timeout_s):
+            if not await _start_shipper(shipper, stream, shutdown):
                 log.info("stopped before the stream could be opened; nothing was read")
                 return 0
             health.started = True
@@ -323,16 +325,16 @@ async def run_agent(
                 },
             )
             notify_systemd("READY=1")
-            return await _run(
-                config, tailer, shipper, tracker, health, shutdown, shutdown_timeout_s
-            )
+            return await _run(tailer, shipper, tracker, health, shutdown, shutdown_timeout_s)
     finally:
+        if tailer is not None:
+            tailer.close()
         if server is not None:
             server.stop()
         store.unlock()
 
 
-async def _start_shipper(shipper: Shipper, stream: str, shutdown: Shutdown, stall_s: float) -> bool:
+async def _start_shipper(shipper: Shipper, stream: str, shutdown: Shutdown) -> bool:
     """Open the stream (ListShards), retrying while Kinesis cannot be reached; False if a stop
     came first. A stream that does not exist, or access denied, stops the agent."""
     attempt = 0
@@ -346,8 +348,8 @@ async def _start_shipper(shipper: Shipper, stream: str, shutdown: Shutdown, stal
             if code in _FATAL_CODES:
                 raise AgentError(f"cannot use stream {stream!r}: {code}: {message}") from None
             problem = f"{code}: {message}"
-        except (BotoCoreError, OSError) as exc:
-            problem = str(exc)
+        except (BotoCoreError, OSError, ShardMapError) as exc:
+            problem = str(exc)  # unreachable, or a stream still being created or resharded
         attempt += 1
         delay = min(_START_BACKOFF_CAP_S, 0.5 * 2**attempt)
         log.warning("cannot open stream %s (%s); trying again in %.1fs", stream, problem, delay)
@@ -358,7 +360,6 @@ async def _start_shipper(shipper: Shipper, stream: str, shutdown: Shutdown, stal
 
 
 async def _run(
-    config: AgentConfig,
     tailer: GlobTailer,
     shipper: Shipper,
     tracker: AckTracker,

@@ -809,3 +809,37 @@ async def test_a_second_signal_stops_without_waiting_for_the_drain(
     assert checkpoint(state)[str(log_file)] == acknowledged
     assert agent.logs()[-1]["drained"] is False
     print(f"\ntwo SIGTERMs with lines in flight and Kinesis unreachable: exit 0 in {seconds:.2f}s")
+
+
+async def test_kinesis_unreachable_at_start_is_waited_for(kinesalite: str, tmp_path: Path) -> None:
+    log_file, state = tmp_path / "access_log", tmp_path / "state"
+    simulate_bulk(log_file, 1_000, seed=51)
+    await create_stream()
+    host, port = kinesalite.removeprefix("http://").split(":")
+    proxy = DroppingProxy(host, int(port))
+    await proxy.start()
+    proxy.drop()
+    env = agent_env(state, AWS_ENDPOINT_URL_KINESIS=f"http://127.0.0.1:{proxy.port}")
+    argv = [str(log_file), "--from-start", "--stream", STREAM, "--metrics-port", "0"]
+    argv += ["--stall-seconds", "1"]
+    agent = Agent(argv, env, tmp_path / "agent.log")
+    try:
+        url = f"http://127.0.0.1:{(await agent.wait_for_log('metrics on'))['metrics_port']}"
+        await agent.wait_for_log("cannot open stream")
+
+        async def red() -> bool:
+            return (await http_get(url + "/healthz"))[0] == 503
+
+        await wait_until(red, 10, "/healthz turning 503 while the stream cannot be opened")
+        proxy.restore()
+        await agent.wait_for_log("agent running", limit_s=30)
+        await wait_for_checkpoint(state, log_file, log_file.stat().st_size, agent)
+        assert (await http_get(url + "/healthz"))[0] == 200
+        code, _ = await agent.stop()
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+        await proxy.close()
+    assert code == 0
+    delivery = check_delivery(await read_stream(), [log_file])
+    assert delivery.records == 1_000 and delivery.duplicates == []
