@@ -354,13 +354,21 @@ async def test_rotation_by_logrotate_delivers_every_kept_line_once(
     logs, state = tmp_path / "logs", tmp_path / "state"
     logs.mkdir(mode=0o755)
     log_file = logs / "access_log"
-    conf = tmp_path / "logrotate.conf"
-    conf.write_text(
-        f"{log_file} {{\n    rotate 50\n    {mode}\n    missingok\n    nocompress\n}}\n"
-    )
-    conf.chmod(0o644)
     await create_stream()
     writer = simulate_realtime(log_file, rate=500, lines=5000, seed=7)
+    # As on a web server: in create mode, postrotate tells the writer to reopen its log (Apache's
+    # graceful restart); copytruncate exists for writers that cannot, and sends nothing.
+    reopen = f"    postrotate\n        kill -HUP {writer.pid}\n    endscript\n"
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(
+        f"{log_file} {{\n    rotate 50\n    {mode}\n    missingok\n    nocompress\n"
+        f"{reopen if mode == 'create' else ''}}}\n"
+    )
+    conf.chmod(0o644)
+    # The writer handles SIGHUP from before its first line: rotate only once lines are there.
+    while not (log_file.exists() and log_file.stat().st_size > 0):
+        assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
+        await asyncio.sleep(0.05)
     agent = Agent(
         [str(log_file), "--from-start", "--stream", STREAM, "--no-metrics", "--linger-ms", "50"],
         agent_env(state),
