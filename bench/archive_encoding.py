@@ -1,11 +1,17 @@
 """How fast the archive encodes: accepted events -> Arrow columns -> Parquet (zstd) bytes.
 
     .venv/bin/python bench/archive_encoding.py [--events N] [--batch B] [--ip-mode MODE]
+                                               [--log FILE]
 
 Builds N (default 1,000,000) simulated enriched events in memory (a few thousand returning
 visitors from a few dozen cities, realistic paths, user agents and referers, 8% IPv6), then
-encodes them in flushes of B events (default 100,000, a checkpoint's worth), as the S3 archive
-sink does: `events_table` (columns), `split_by_hour` (partitions) and `parquet_bytes` per piece.
+encodes them as the S3 archive sink does: `EventColumns.extend` per 500 events (a Kinesis
+record's worth: the sink's `add_batch`), then per flush of B events (default 100,000, a
+checkpoint's worth) `EventColumns.table`, `split_by_hour` and `parquet_bytes` per hour.
+With `--log FILE` (e.g. `clickstream simulate --lines 1000000 --out FILE`) the events are that
+file's first N lines, parsed and enriched by the consumer's own code (500 lines at a time, as
+off a Kinesis record), so strings and places are shared the way the real pipeline shares them;
+parse + enrich CPU is reported beside the encoding's for the share of the whole path.
 Reports events/s and MB/s of raw log lines encoded, CPU seconds per million events, the
 compressed size per event and the split between building columns and writing Parquet.
 
@@ -15,14 +21,20 @@ The whole processing path must reach >= 150,000 lines/s on one core; encoding is
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from consumers.archive_format import IpPrivacy, events_table, parquet_bytes, split_by_hour
+from consumers.archive_format import EventColumns, IpPrivacy, parquet_bytes, split_by_hour
 from consumers.geo.locator import Location
 from consumers.models import EnrichedHit, Hit, UserRecord
 
+SHARD = "shardId-000000000000"
+CHUNK = 500  # lines per Kinesis record (KPL-aggregated), the unit the processor hands over
 CITIES = [
     Location(city, region, country, continent, lat, lon)
     for city, region, country, continent, lat, lon in (
@@ -102,12 +114,78 @@ def simulated_events(
         )  # fmt: skip
         records.append(
             UserRecord(
-                "shardId-000000000000", str(sequence + i // 300 * 1_000_000), i % 300, when + 0.5,
+                SHARD, str(sequence + i // 300 * 1_000_000), i % 300, when + 0.5,
                 f"f{seed:08x}:{i * 180}", line,
             )
         )  # fmt: skip
         sessions.append(None if is_bot else f"{hash(ip) & 0xFFFFFFFF:08x}-{int(when) // 1800}")
     return records, hits, sessions
+
+
+@dataclass
+class Flush:
+    """One flush's rows, already in columns, and what it cost to get them there."""
+
+    columns: EventColumns = field(default_factory=EventColumns)
+    line_bytes: int = 0
+    add_cpu: float = 0.0
+    upstream_cpu: float = 0.0
+
+
+def add_in_chunks(
+    flush: Flush, records: list[UserRecord], hits: list[EnrichedHit], sessions: list[str | None]
+) -> None:
+    """What the sink's `add_batch` does per Kinesis record's lines, timed."""
+    started = time.process_time()
+    flush.columns.extend(records, hits, sessions)
+    flush.add_cpu += time.process_time() - started
+    flush.line_bytes += sum(len(r.line) for r in records)
+
+
+def logged_flushes(path: Path, limit: int, batch: int) -> Iterator[Flush]:
+    """The file's lines parsed and enriched by the consumer's code, a record's worth at a time,
+    handed to the archive columns right away (the objects are then dropped, as in the
+    consumer)."""
+    from consumers.bots import BotDetector
+    from consumers.enrich import Enricher
+    from consumers.geo.locator import GeoLocator
+    from consumers.pages import SiteRules
+    from consumers.parse import parse_lines
+
+    enricher = Enricher(GeoLocator(), BotDetector(), SiteRules())
+    flush = Flush()
+    offset = read = 0
+    with path.open("rb") as log:
+        while read < limit and (lines := list(itertools.islice(log, min(CHUNK, limit - read)))):
+            started = time.process_time()
+            parsed = parse_lines(lines)
+            kept = [(line, h) for line, h in zip(lines, parsed, strict=True) if type(h) is Hit]
+            enriched = enricher.enrich_batch([h for _, h in kept])
+            flush.upstream_cpu += time.process_time() - started
+            sequence = str(49_650_000_000_000_000_000_000 + read)
+            records = []
+            for sub, ((line, _), hit) in enumerate(zip(kept, enriched, strict=True)):
+                records.append(UserRecord(SHARD, sequence, sub, hit.hit.time, f"f1:{offset}", line))
+                offset += len(line)
+            add_in_chunks(flush, records, enriched, [None] * len(records))
+            read += len(lines)
+            if len(flush.columns) >= batch:
+                yield flush
+                flush = Flush()
+    if len(flush.columns):
+        yield flush
+
+
+def simulated_flushes(args: argparse.Namespace) -> Iterator[Flush]:
+    for batch, start in enumerate(range(0, args.events, args.batch)):
+        size = min(args.batch, args.events - start)
+        records, hits, sessions = simulated_events(size, args.seed + batch, start_index=start)
+        flush = Flush()
+        for first in range(0, size, CHUNK):
+            chunk = slice(first, first + CHUNK)
+            add_in_chunks(flush, records[chunk], hits[chunk], sessions[chunk])
+        del records, hits, sessions
+        yield flush
 
 
 def main() -> None:
@@ -116,20 +194,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--ip-mode", choices=("full", "truncated", "hashed"), default="full")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--log", type=Path, help="encode this access log's lines instead")
     args = parser.parse_args()
 
     privacy = IpPrivacy(args.ip_mode, b"k" * 32 if args.ip_mode == "hashed" else b"")
+    cpu = {"add": 0.0, "columns": 0.0, "parquet": 0.0}
     wall = {"columns": 0.0, "parquet": 0.0}
-    cpu = {"columns": 0.0, "parquet": 0.0}
-    raw_bytes = out_bytes = objects = 0
-    # One flush's worth of events at a time, built outside the timed part: the consumer holds
-    # one batch, not a million events (whose objects would also slow every GC pass).
-    for batch, start in enumerate(range(0, args.events, args.batch)):
-        size = min(args.batch, args.events - start)
-        records, hits, sessions = simulated_events(size, args.seed + batch, start_index=start)
-        raw_bytes += sum(len(r.line) for r in records)
+    raw_bytes = out_bytes = objects = n = 0
+    upstream_cpu = 0.0
+    flushes = (
+        logged_flushes(args.log, args.events, args.batch)
+        if args.log is not None
+        else simulated_flushes(args)
+    )
+    for flush in flushes:
+        n += len(flush.columns)
+        raw_bytes += flush.line_bytes
+        cpu["add"] += flush.add_cpu
+        upstream_cpu += flush.upstream_cpu
         c0, t0 = time.process_time(), time.perf_counter()
-        table = events_table(records, hits, sessions, privacy)
+        table = flush.columns.table(privacy)
         pieces = split_by_hour(table, "event_time")
         c1, t1 = time.process_time(), time.perf_counter()
         for piece in pieces:
@@ -140,17 +224,27 @@ def main() -> None:
         cpu["parquet"] += c2 - c1
         wall["columns"] += t1 - t0
         wall["parquet"] += t2 - t1
-    total_cpu, total_wall = sum(cpu.values()), sum(wall.values())
-    n, mb = args.events, raw_bytes / 1e6
+        del flush, table, pieces
+    total_cpu = sum(cpu.values())
+    mb = raw_bytes / 1e6
+    source = args.log or "simulated events"
     print(
-        f"encoded {n:,} events ({mb:.0f} MB of log lines, ip mode {args.ip_mode}, batches of "
-        f"{args.batch:,}) into {objects} objects, {out_bytes / 1e6:.1f} MB "
+        f"encoded {n:,} events from {source} ({mb:.0f} MB of log lines, ip mode {args.ip_mode}, "
+        f"flushes of {args.batch:,}) into {objects} objects, {out_bytes / 1e6:.1f} MB "
         f"({out_bytes / n:.1f} bytes per event, {raw_bytes / out_bytes:.1f}x smaller)"
     )
     print(f"  one core (CPU time): {n / total_cpu:,.0f} events/s, {mb / total_cpu:.1f} MB/s")
-    print(f"  wall clock:          {n / total_wall:,.0f} events/s, {mb / total_wall:.1f} MB/s")
+    print(f"  add (fields -> column lists, per {CHUNK} lines): {cpu['add'] / n * 1e6:.2f} µs/event")
     for phase in ("columns", "parquet"):
-        print(f"  {phase:8} {cpu[phase] / n * 1e6:.2f} µs/event CPU ({wall[phase]:.2f} s wall)")
+        print(
+            f"  {phase} at flush: {cpu[phase] / n * 1e6:.2f} µs/event CPU "
+            f"({wall[phase]:.2f} s wall)"
+        )
+    if upstream_cpu:
+        print(
+            f"  parse+enrich {upstream_cpu / n * 1e6:.2f} µs/event CPU: with archiving "
+            f"{n / (upstream_cpu + total_cpu):,.0f} events/s on one core"
+        )
     print(f"  load average during the run: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
 
 

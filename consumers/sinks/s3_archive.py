@@ -64,8 +64,8 @@ import pyarrow as pa
 from consumers.archive_format import (
     EVENT_TIME_COLUMN,
     REJECT_TIME_COLUMN,
+    EventColumns,
     IpPrivacy,
-    events_table,
     parquet_bytes,
     rejects_table,
     split_by_hour,
@@ -127,25 +127,36 @@ def archive_objects(
     return objects
 
 
+STAGED_ROWS: Final = 256
+"""Rows `add()` collects before copying them into columns (see `EventColumns`): enough to make
+the copy a few C-level passes, few enough that the objects are still in the CPU caches."""
+
+
 @dataclass(slots=True)
 class _Batch:
-    """What was added since the last successful flush, as parallel lists in shard order."""
+    """What was added since the last successful flush, in shard order."""
 
-    records: list[UserRecord] = field(default_factory=list)
-    hits: list[EnrichedHit] = field(default_factory=list)
-    session_ids: list[str | None] = field(default_factory=list)
+    events: EventColumns = field(default_factory=EventColumns)
+    staged_records: list[UserRecord] = field(default_factory=list)
+    staged_hits: list[EnrichedHit] = field(default_factory=list)
+    staged_sessions: list[str | None] = field(default_factory=list)
     rejected: list[UserRecord] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     line_bytes: int = 0
     first_added: float | None = None
 
     def __len__(self) -> int:
-        return len(self.records) + len(self.rejected)
+        return len(self.events) + len(self.staged_records) + len(self.rejected)
+
+    def unstage(self) -> None:
+        if self.staged_records:
+            self.events.extend(self.staged_records, self.staged_hits, self.staged_sessions)
+            self.staged_records, self.staged_hits, self.staged_sessions = [], [], []
 
     def extend(self, later: _Batch) -> None:
-        self.records += later.records
-        self.hits += later.hits
-        self.session_ids += later.session_ids
+        self.unstage()
+        later.unstage()
+        self.events.absorb(later.events)
         self.rejected += later.rejected
         self.rejections += later.rejections
         self.line_bytes += later.line_bytes
@@ -208,10 +219,12 @@ class S3ArchiveSink:
         batch = self._batch
         if batch.first_added is None:
             batch.first_added = self._clock()
-        batch.records.append(record)
-        batch.hits.append(hit)
-        batch.session_ids.append(session_id)
+        batch.staged_records.append(record)
+        batch.staged_hits.append(hit)
+        batch.staged_sessions.append(session_id)
         batch.line_bytes += len(record.line)
+        if len(batch.staged_records) >= STAGED_ROWS:
+            batch.unstage()
 
     def add_batch(
         self,
@@ -220,17 +233,15 @@ class S3ArchiveSink:
         session_ids: Sequence[str | None],
     ) -> None:
         """`add` for a Kinesis record's worth of lines at once (parallel sequences): the
-        processor's hot path, three list extends instead of three appends per line."""
-        if not (len(records) == len(hits) == len(session_ids)):
-            raise ValueError("records, hits and session ids must be parallel")
-        if not records:
+        processor's hot path. The fields are copied into columns now, while the objects are
+        fresh, and the objects are not kept."""
+        if not records and not hits and not session_ids:
             return
         batch = self._batch
+        batch.unstage()
+        batch.events.extend(records, hits, session_ids)
         if batch.first_added is None:
             batch.first_added = self._clock()
-        batch.records += records
-        batch.hits += hits
-        batch.session_ids += session_ids
         batch.line_bytes += sum(map(len, map(_line_of, records)))
 
     def add_rejected(self, record: UserRecord, rejection: Rejection) -> None:
@@ -276,7 +287,7 @@ class S3ArchiveSink:
             raise
         size = sum(len(o.body) for o in objects)
         self.stats.flushes += 1
-        self.stats.rows += len(batch.records)
+        self.stats.rows += len(batch.events)
         self.stats.rejects += len(batch.rejected)
         self.stats.objects += len(objects)
         self.stats.bytes += size
@@ -290,8 +301,9 @@ class S3ArchiveSink:
 
     def _encode(self, batch: _Batch) -> list[ArchiveObject]:
         objects: list[ArchiveObject] = []
-        if batch.records:
-            table = events_table(batch.records, batch.hits, batch.session_ids, self.privacy)
+        batch.unstage()
+        if len(batch.events):
+            table = batch.events.table(self.privacy)
             objects += archive_objects(
                 self.prefix, "events", self.shard_id, table, EVENT_TIME_COLUMN
             )
