@@ -15,6 +15,7 @@ import pytest
 from consumers.archive_format import (
     EVENT_SCHEMA,
     REJECT_SCHEMA,
+    EventColumns,
     IpPrivacy,
     events_table,
     hash_ip,
@@ -238,3 +239,19 @@ def test_privacy_rewrites_addresses_inside_unparsed_text() -> None:
     record = UserRecord(SHARD, "1", 0, T0, "fp1:0", raw)
     table = rejects_table([record], [Rejection("bad_status", "x")], IpPrivacy("hashed", KEY))
     assert hash_ip("203.0.113.9", KEY).encode() in table.column("raw_line")[0].as_py()
+
+
+def test_event_columns_fill_in_pieces_and_absorb_keep_row_order() -> None:
+    made = [make_event(i) for i in range(7)]
+    first, later = EventColumns(), EventColumns()
+    first.extend(*columns_of(made[:3]))
+    first.extend(*columns_of(made[3:4]))
+    later.extend(*columns_of(made[4:]))
+    first.absorb(later)
+    assert len(first) == 7
+    assert first.table(IpPrivacy()).equals(events(*made))
+    assert len(EventColumns().table(IpPrivacy())) == 0
+
+
+def columns_of(made: list[tuple[UserRecord, EnrichedHit, str | None]]) -> tuple[list, ...]:
+    return tuple(list(column) for column in zip(*made, strict=True))

@@ -236,3 +236,19 @@ async def test_a_crash_in_the_middle_of_a_flush_is_repaired_by_the_replay(s3: An
     await run(S3ArchiveSink(s3, BUCKET, SHARD), made, cuts=[3, 11])  # replay, cut elsewhere
     ids = await archived_event_ids(s3)
     assert sorted(ids) == sorted(r.event_id for r, _, _ in made)
+
+
+@pytest.mark.integration
+async def test_rows_added_one_by_one_and_in_batches_keep_shard_order(s3: Any) -> None:
+    sink = S3ArchiveSink(s3, BUCKET, SHARD)
+    made = [make_event(i) for i in range(600)]  # one hour, more rows than add() stages
+    for record, hit, session in made[:300]:
+        sink.add(record, hit, session)
+    records, hits, sessions = (list(column) for column in zip(*made[300:350], strict=True))
+    sink.add_batch(records, hits, sessions)
+    for record, hit, session in made[350:]:
+        sink.add(record, hit, session)
+    assert sink.pending.records == 600
+    result = await sink.flush()
+    assert (result.records, result.objects) == (600, 1)
+    assert await archived_event_ids(s3) == [r.event_id for r, _, _ in made]
