@@ -400,15 +400,15 @@ class EventColumns:
         client_ips: list[str] = enriched["client_ip"]
         logged_ips: list[str] = hit["client_ip"]
         forwarded: list[str | None] = hit["forwarded_for"]
-        if privacy.mode != "full":
-            address = privacy.address
-            client_ips = [address(a) for a in client_ips]
-            logged_ips = [address(a) for a in logged_ips]
-            if forwarded.count(None) != rows:
-                forwarded = [privacy.header(f) for f in forwarded]
-        client_ip_array = pa.array(client_ips, pa.string())
         # Without a trusted proxy the visitor is the logged client: one conversion serves both.
         same_address = logged_ips == client_ips
+        if privacy.mode != "full":
+            address = privacy.address
+            client_ips = list(map(address, client_ips))
+            logged_ips = client_ips if same_address else list(map(address, logged_ips))
+            if forwarded.count(None) != rows:
+                forwarded = list(map(privacy.header, forwarded))
+        client_ip_array = pa.array(client_ips, pa.string())
         logged_ip_array = client_ip_array if same_address else pa.array(logged_ips, pa.string())
         raw_lines = (
             pa.array(record["line"], pa.binary())
