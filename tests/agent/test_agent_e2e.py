@@ -431,16 +431,19 @@ async def test_kill_9_at_random_moments_loses_nothing(kinesalite: str, tmp_path:
     argv = [str(log_file), "--from-start", "--stream", STREAM, "--no-metrics"]
     await create_stream()
     rng = random.Random(20261122)
+    # Kill moments: once the checkpoint passes a random point of the file (so that every kill
+    # lands mid-run however fast the machine is), plus a random delay of up to a checkpoint
+    # interval or two (so that a kill also lands between checkpoint writes).
+    targets = [int(rng.uniform(i + 0.1, i + 0.9) / 5.5 * size) for i in range(5)]
     kills: list[int] = []  # the checkpoint right after each kill: where the next run resumes
-    for attempt in range(5):
+    for attempt, target in enumerate(targets):
         agent = Agent(argv, env, tmp_path / f"agent-{attempt}.log")
         await agent.wait_for_log("agent running")
-        await asyncio.sleep(rng.uniform(0.05, 0.7))
+        await wait_for_checkpoint(state, log_file, target, agent)
+        await asyncio.sleep(rng.uniform(0, 0.5))
         agent.kill()
         kills.append(checkpoint(state).get(str(log_file), 0))
-        if kills[-1] >= size:
-            break
-    assert len(kills) >= 3 and kills[0] < size, f"the run ended before the kills: {kills}"
+    assert sum(c < size for c in kills) >= 4, f"the run ended before the kills: {kills}"
     agent = Agent(argv, env, tmp_path / "agent-final.log")
     await agent.wait_for_log("agent running")  # before that, SIGTERM is Python's default
     await wait_for_checkpoint(state, log_file, size, agent, limit_s=120)
