@@ -35,7 +35,9 @@ Bounds: the queue holds at most `max_queued` data. When full, `add()` refuses fu
 a refused batch stays unpublished in the counters and is offered again next cycle. The one
 loss CloudWatch forces is age: data older than two weeks can no longer be put; such data is
 dropped at send time, logged as an error and counted (`stats.expired`), and acknowledged so
-the cursor can move on.
+the cursor can move on. Likewise a datum CloudWatch refuses outright (HTTP 400 other than
+throttling: a NaN, a bad dimension) would block every later one forever: the call is split
+until the refused datum is alone, which is then dropped, logged and counted (`stats.invalid`).
 
 Cardinality (DESIGN.md §8): `bucket_metric_data` publishes per-city and per-region series only
 for the top N places; every other place is folded into one series whose every dimension is
@@ -45,6 +47,7 @@ for the top N places; every other place is folded into one series whose every di
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
@@ -53,6 +56,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+
+from botocore.exceptions import ClientError
 
 from consumers import metric_names as names
 
@@ -64,6 +69,9 @@ PAYLOAD_BUDGET_BYTES: Final = 900_000
 """Our estimate of a call's size is conservative, and this keeps a margin below the limit."""
 MAX_AGE_S: Final = 14 * 24 * 3600 - 3600
 """CloudWatch accepts timestamps up to two weeks old; an hour's margin for clock skew."""
+MAX_INVALID_PER_CYCLE: Final = 10
+"""Refused data dropped per publish cycle at most: past that, CloudWatch is refusing our setup
+(an invalid namespace), not a datum, and dropping everything would lose the counts."""
 DEFAULT_MAX_QUEUED: Final = 200_000
 DEFAULT_INTERVAL_S: Final = 60.0
 DEFAULT_TOP_N: Final = 20
@@ -121,6 +129,7 @@ class PublishResult:
     failed_calls: int
     expired: int
     queued: int
+    invalid: int = 0
 
 
 @dataclass(slots=True)
@@ -132,10 +141,29 @@ class PublishStats:
     failed_calls: int = 0
     refused: int = 0
     expired: int = 0
+    invalid: int = 0
 
     @property
     def failures(self) -> int:
-        return self.failed_calls + self.refused + self.expired
+        return self.failed_calls + self.refused + self.expired + self.invalid
+
+
+class _Outcome(enum.Enum):
+    SENT = "sent"
+    FAILED = "failed"  # unreachable, throttled, 5xx: the data are fine, try later
+    INVALID = "invalid"  # CloudWatch refuses the data themselves: retrying cannot help
+
+
+_THROTTLING_CODES: Final = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+
+
+def _refuses_the_data(error: ClientError) -> bool:
+    """A 400 that is not throttling: a datum is invalid (NaN, too many dimensions, a value
+    out of range...). Kept, it would block every later metric for good."""
+    response = error.response
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code", "")
+    return status == 400 and code not in _THROTTLING_CODES
 
 
 @dataclass(slots=True)
@@ -237,24 +265,37 @@ class CloudWatchSink:
         """Send what is queued, oldest first; stop at a call that keeps failing. Never raises
         for CloudWatch's sake: the rest stays queued for the next cycle."""
         async with self._lock:
-            sent = calls = failed = expired = 0
+            sent = calls = failed = expired = invalid = 0
+            limit = MAX_DATA_PER_CALL
             while self._queue:
                 expired += self._drop_expired()
-                chunk = self._next_chunk()
+                chunk = self._next_chunk(limit)
                 if not chunk:
                     break
-                ok = await self._put(chunk)
+                outcome = await self._put(chunk)
                 calls += 1
-                if not ok:
+                if outcome is _Outcome.FAILED:
                     failed += 1
                     break
+                if outcome is _Outcome.INVALID:
+                    if len(chunk) > 1:  # narrow down to the datum CloudWatch refuses
+                        limit = max(1, len(chunk) // 2)
+                        continue
+                    if invalid == MAX_INVALID_PER_CYCLE:  # not the data: the setup (namespace)
+                        log.error("CloudWatch refuses every datum; check the namespace")
+                        failed += 1
+                        break
+                    invalid += 1
+                    self.stats.invalid += 1
+                    log.error("CloudWatch refuses %s; dropped", chunk[0].datum)
                 for _ in chunk:
                     self._queue.popleft()
                 self._settle(chunk)
-                sent += len(chunk)
+                if outcome is _Outcome.SENT:
+                    sent += len(chunk)
             self.stats.sent += sent
             self.stats.calls += calls
-            return PublishResult(sent, calls, failed, expired, len(self._queue))
+            return PublishResult(sent, calls, failed, expired, len(self._queue), invalid)
 
     def _drop_expired(self) -> int:
         oldest_allowed = self._clock() - MAX_AGE_S
@@ -272,38 +313,41 @@ class CloudWatchSink:
             self._settle(dropped)
         return len(dropped)
 
-    def _next_chunk(self) -> list[_Entry]:
+    def _next_chunk(self, limit: int) -> list[_Entry]:
         chunk: list[_Entry] = []
         size = 0
         for entry in self._queue:
             estimate = entry.datum.payload_estimate()
-            if chunk and (
-                len(chunk) == MAX_DATA_PER_CALL or size + estimate > PAYLOAD_BUDGET_BYTES
-            ):
+            if chunk and (len(chunk) == limit or size + estimate > PAYLOAD_BUDGET_BYTES):
                 break
             chunk.append(entry)
             size += estimate
         return chunk
 
-    async def _put(self, chunk: Sequence[_Entry]) -> bool:
+    async def _put(self, chunk: Sequence[_Entry]) -> _Outcome:
         data = [entry.datum.to_api() for entry in chunk]
         for attempt in range(1, self.max_attempts + 1):
             try:
                 await self._cloudwatch.put_metric_data(Namespace=self.namespace, MetricData=data)
-                return True
-            except Exception as error:  # any failure: keep the data, try again later
-                if attempt == self.max_attempts:
-                    self.stats.failed_calls += 1
-                    log.warning(
-                        "PutMetricData failed %d times; %d data stay queued for the next cycle: %s",
-                        attempt,
-                        len(self._queue),
-                        error,
-                    )
-                    return False
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        return False  # pragma: no cover - the loop always returns
+                return _Outcome.SENT
+            except ClientError as error:
+                if _refuses_the_data(error):
+                    return _Outcome.INVALID
+                failure: Exception = error
+            except Exception as error:  # any other failure: keep the data, try again later
+                failure = error
+            if attempt == self.max_attempts:
+                self.stats.failed_calls += 1
+                log.warning(
+                    "PutMetricData failed %d times; %d data stay queued for the next cycle: %s",
+                    attempt,
+                    len(self._queue),
+                    failure,
+                )
+                return _Outcome.FAILED
+            delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        return _Outcome.FAILED  # pragma: no cover - the loop always returns
 
     async def run(self, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         """Publish every `interval_s` until cancelled (the service's worker owns the task)."""

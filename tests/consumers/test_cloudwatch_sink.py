@@ -11,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from consumers import metric_names as names
 from consumers.sinks.cloudwatch import (
     MAX_AGE_S,
+    MAX_INVALID_PER_CYCLE,
     CloudWatchSink,
     MetricBatch,
     MetricDatum,
@@ -331,3 +333,52 @@ async def test_data_older_than_cloudwatch_accepts_are_dropped_counted_and_acknow
     assert (result.sent, result.expired, result.queued) == (0, 1, 0)
     assert sink.acknowledged("shard-0") == 2
     assert sink.stats.failures == 1
+
+
+def _invalid_parameter(operation: str = "PutMetricData") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": "InvalidParameterValue", "Message": "injected: invalid datum"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        operation,
+    )
+
+
+@pytest.mark.integration
+async def test_a_datum_cloudwatch_refuses_is_isolated_and_dropped_not_blocking(
+    cloudwatch: Any,
+) -> None:
+    def refuse_poison(params: dict[str, Any], **_: Any) -> None:
+        if any(d["MetricName"] == "Poison" for d in params["MetricData"]):
+            raise _invalid_parameter()
+
+    cloudwatch.meta.events.register("provide-client-params.monitoring.PutMetricData", refuse_poison)
+    sink = CloudWatchSink(cloudwatch, NAMESPACE, max_attempts=1)
+    when = minute_ago(10)
+    data = [MetricDatum(names.PAGE_VIEWS, (), when + 60 * i, 1.0) for i in range(9)]
+    data.insert(5, MetricDatum("Poison", (), when, 1.0))
+    sink.add(
+        [MetricBatch("shard-0", 1, tuple(data[:6])), MetricBatch("shard-0", 2, tuple(data[6:]))]
+    )
+    result = await sink.flush()
+    assert (result.sent, result.invalid, result.queued) == (9, 1, 0)
+    assert sink.acknowledged("shard-0") == 2 and sink.stats.failures == 1
+    values = await values_by_time(cloudwatch, names.PAGE_VIEWS, when, when + 8 * 60)
+    assert len(values) == 9
+
+
+@pytest.mark.integration
+async def test_when_cloudwatch_refuses_everything_the_data_are_kept(cloudwatch: Any) -> None:
+    def refuse(**_: Any) -> None:
+        raise _invalid_parameter()
+
+    cloudwatch.meta.events.register("before-call.monitoring.PutMetricData", refuse)
+    sink = CloudWatchSink(cloudwatch, NAMESPACE, max_attempts=1)
+    when = minute_ago(10)
+    data = tuple(MetricDatum(names.PAGE_VIEWS, (), when + i, 1.0) for i in range(40))
+    sink.add([MetricBatch("shard-0", 1, data)])
+    result = await sink.flush()
+    assert result.invalid == MAX_INVALID_PER_CYCLE and result.failed_calls == 1
+    assert result.queued == 40 - MAX_INVALID_PER_CYCLE
+    assert sink.acknowledged("shard-0") is None
