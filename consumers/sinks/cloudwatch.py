@@ -27,6 +27,9 @@ checkpointed state snapshot. This sink never holds the only copy of anything tha
    metrics are at-least-once with a duplicate window of one snapshot interval; the archive and
    the API's counts are exactly once.
 
+5. When a shard's lease is lost, the processor calls `forget(shard)`: the new owner publishes
+   from the snapshot, so this worker must not send the same minutes as well.
+
 The archive flush and the checkpoint never await this sink; only the publish loop does. It is
 therefore not a `CheckpointedSink`.
 
@@ -242,6 +245,18 @@ class CloudWatchSink:
             return
         outstanding.append([batch.cursor, len(batch.data)])
         self._queue.extend(_Entry(source, batch.cursor, datum) for datum in batch.data)
+
+    def forget(self, source: str) -> int:
+        """Drop what is queued for `source` (its lease was lost: the shard's new owner restores
+        the snapshot and publishes those minutes itself; sending them here too would count
+        them twice). Returns how many data were dropped."""
+        kept = deque(entry for entry in self._queue if entry.source != source)
+        dropped = len(self._queue) - len(kept)
+        self._queue = kept
+        self._held_through.pop(source, None)
+        self._acknowledged.pop(source, None)
+        self._outstanding.pop(source, None)
+        return dropped
 
     def acknowledged(self, source: str) -> int | None:
         """The newest cursor of `source` whose data, and all before it, reached CloudWatch."""

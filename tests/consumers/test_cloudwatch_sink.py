@@ -135,6 +135,14 @@ def test_a_full_queue_refuses_later_batches_instead_of_dropping_them() -> None:
     assert big.add([batch("a", 1, 1.0, 2.0, 3.0)]) == 1  # an empty queue takes any batch
 
 
+def test_forget_drops_a_lost_shards_data_and_cursors() -> None:
+    sink = CloudWatchSink(None, NAMESPACE)
+    sink.add([batch("a", 1, 1.0, 2.0), batch("b", 1, 3.0), batch("a", 2, 4.0)])
+    assert sink.forget("a") == 3
+    assert sink.queued == 1 and sink.acknowledged("a") is None
+    assert sink.add([batch("a", 1, 1.0)]) == 1  # a later owner of the shard starts afresh
+
+
 # ----------------------------------------------------------------------------- integration
 
 
