@@ -266,10 +266,20 @@ class CloudWatchSink:
     def queued(self) -> int:
         return len(self._queue)
 
+    def _remove_sent(self, chunk: Sequence[_Entry]) -> None:
+        """Take the chunk off the queue's head. By identity: `forget()` may have removed some
+        of its entries while the call was in flight (the rest are still the head, in order)."""
+        queue = self._queue
+        for entry in chunk:
+            if queue and queue[0] is entry:
+                queue.popleft()
+
     def _settle(self, entries: Iterable[_Entry]) -> None:
         """These entries are done (accepted or expired): move the sources' acknowledgements."""
         for entry in entries:
-            outstanding = self._outstanding[entry.source]
+            outstanding = self._outstanding.get(entry.source)
+            if not outstanding:  # forgotten while in flight
+                continue
             outstanding[0][1] -= 1
             while outstanding and outstanding[0][1] == 0:
                 self._acknowledged[entry.source] = outstanding.popleft()[0]
@@ -303,8 +313,7 @@ class CloudWatchSink:
                     invalid += 1
                     self.stats.invalid += 1
                     log.error("CloudWatch refuses %s; dropped", chunk[0].datum)
-                for _ in chunk:
-                    self._queue.popleft()
+                self._remove_sent(chunk)
                 self._settle(chunk)
                 if outcome is _Outcome.SENT:
                     sent += len(chunk)

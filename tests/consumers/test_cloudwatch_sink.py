@@ -390,3 +390,17 @@ async def test_when_cloudwatch_refuses_everything_the_data_are_kept(cloudwatch: 
     assert result.invalid == MAX_INVALID_PER_CYCLE and result.failed_calls == 1
     assert result.queued == 40 - MAX_INVALID_PER_CYCLE
     assert sink.acknowledged("shard-0") is None
+
+
+@pytest.mark.integration
+async def test_forgetting_a_source_while_its_data_are_in_flight(cloudwatch: Any) -> None:
+    sink = CloudWatchSink(cloudwatch, NAMESPACE)
+
+    def lose_the_lease(**_: Any) -> None:
+        sink.forget("a")
+
+    cloudwatch.meta.events.register("before-call.monitoring.PutMetricData", lose_the_lease)
+    sink.add([batch("a", 1, 1.0), batch("b", 1, 2.0), batch("a", 2, 3.0)])
+    result = await sink.flush()
+    assert (result.sent, result.queued) == (3, 0)  # the call was already on its way
+    assert sink.acknowledged("b") == 1 and sink.acknowledged("a") is None
