@@ -700,7 +700,7 @@ class FaultyKinesis:
         elif not self.actions["partial"] and len(entries) > 1:
             action = "partial"
         else:
-            action = self.rng.choices(["ok", "partial", "throttle", "500"], [4, 3, 2, 1])[0]
+            action = self.rng.choices(["ok", "partial", "throttle", "500"], [6, 2, 1, 1])[0]
         if action == "partial" and len(entries) < 2:
             action = "throttle"
         self.actions[action] += 1
