@@ -51,7 +51,7 @@ def test_unit_runs_the_agent_the_way_the_issue_asks() -> None:
     assert service["NoNewPrivileges"] == ["yes"]
     assert service["ProtectSystem"] == ["strict"]
     assert "/var/lib/clickstream" in service["ReadWritePaths"][0].split()
-    assert any(p.startswith("/var/log/") for p in service["ReadOnlyPaths"][0].split())
+    assert any(p.lstrip("-").startswith("/var/log/") for p in service["ReadOnlyPaths"][0].split())
     command = service["ExecStart"][0].split()
     assert command[0].endswith("/clickstream") and command[1] == "agent"
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
