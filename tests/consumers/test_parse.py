@@ -444,15 +444,14 @@ def test_fast_constructed_hit_is_an_ordinary_frozen_hit() -> None:
 
 def test_memo_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parse, "_CACHE_LIMIT", 50)
+    memos = (parse._addresses, parse._requests, parse._status_sizes, parse._apache_stamps)
+    for memo in memos:  # earlier tests may have filled them past this test's small limit
+        memo.clear()
     for i in range(200):
         stamp = f"10/Oct/2000:13:{i % 60:02d}:36 -0700"
-        parse_line(f'10.0.{i}.1 - - [{stamp}] "GET /{i} HTTP/1.0" 200 {i}'.encode())
-    memos = (
-        parse._addresses,
-        parse._requests,
-        parse._status_sizes,
-        parse._apache_stamps,
-    )
+        line = f'10.0.{i}.1 - - [{stamp}] "GET /{i} HTTP/1.0" 200 {i} "-" "agent/{i}"'
+        assert isinstance(parse_line(line.encode()), parse.Hit)
+    assert all(memo for memo in memos), "the loop must go through every memo"
     assert all(len(memo) <= 50 for memo in memos)
 
 
