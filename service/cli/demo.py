@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from service.cli.arguments import port, positive_float
 from service.demo import DemoError, DemoSupervisor
 from service.settings import Settings
 
@@ -19,17 +20,25 @@ log = logging.getLogger("clickstream.demo")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         f"{HELP}: starts the embedded local AWS stack on 127.0.0.1, creates the stream, bucket, "
-        "lease table and dashboard in it, and appends simulated café traffic to an access_log "
-        "in real time. Ctrl-C (or SIGTERM) stops every part cleanly."
+        "lease table and dashboard in it, appends simulated café traffic to an access_log in "
+        "real time, and runs the agent that tails it into Kinesis. Ctrl-C (or SIGTERM) stops "
+        "every part cleanly, newest first."
     )
     parser.add_argument(
         "--rate",
-        type=float,
+        type=positive_float,
         default=20.0,
         metavar="R",
         help="simulated lines a second (default 20)",
     )
     parser.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+    parser.add_argument(
+        "--agent-metrics-port",
+        type=port,
+        default=9108,
+        metavar="P",
+        help="the agent's /metrics and /healthz port on 127.0.0.1 (default 9108)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -55,20 +64,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         endpoint = supervisor.start_local_aws()
         log.info("local AWS stack at %s", endpoint)
         supervisor.run_once("setup", ["setup"])
-        supervisor.start(
-            "simulator",
-            [
-                "simulate",
-                "--rate",
-                str(args.rate),
-                "--seed",
-                str(args.seed),
-                "--out",
-                str(access_log),
-            ],
-        )
+        simulate = ["simulate", "--rate", str(args.rate), "--seed", str(args.seed)]
+        supervisor.start("simulator", [*simulate, "--out", str(access_log)])
+        agent = ["agent", str(access_log), "--from-start", "--no-progress"]
+        supervisor.start("agent", [*agent, "--metrics-port", str(args.agent_metrics_port)])
         print(
-            f"\nDemo running: simulated café traffic -> {access_log}\n"
+            f"\nDemo running: simulated café traffic -> {access_log} -> agent -> "
+            f"Kinesis stream {settings.stream}\n"
+            f"Agent metrics: http://127.0.0.1:{args.agent_metrics_port}/metrics\n"
             f"Local AWS endpoint: {endpoint}\nPress Ctrl-C to stop.\n",
             flush=True,
         )
