@@ -110,6 +110,54 @@ class Settings(BaseSettings):
         description="bytes read but not yet acknowledged before reading pauses",
     )
 
+    # Consumer (`clickstream consume` and the service's worker; see consumers/scheduler.py).
+    worker_id: str | None = Field(
+        None, max_length=200, description="lease owner name; hostname + random suffix when unset"
+    )
+    poll_seconds: float = Field(
+        0.5, ge=0, le=60, description="wait between GetRecords calls at the tip of a shard"
+    )
+    flush_seconds: float = Field(
+        10.0, gt=0, le=3600, description="commit a shard at least this often while it has data"
+    )
+    flush_records: int = Field(
+        50_000, ge=1, le=10_000_000, description="commit a shard after this many records"
+    )
+    metrics_interval_seconds: float = Field(
+        60.0, gt=0, le=3600, description="CloudWatch PutMetricData cycle"
+    )
+    top_cities: int = Field(
+        20, ge=1, le=100_000, description="cities with their own CloudWatch series; others: Other"
+    )
+    archive_ip_mode: Literal["full", "truncated", "hashed"] = "full"
+    archive_ip_key: str | None = Field(
+        None, description="secret for archive_ip_mode=hashed (at least 16 characters)"
+    )
+    trusted_proxies: str = Field(
+        "", description="comma-separated CIDRs of balancers whose X-Forwarded-For is believed"
+    )
+    archive_prefix: str = Field("", max_length=200, description="key prefix of the S3 archive")
+
+    @field_validator("archive_ip_key")
+    @classmethod
+    def _ip_key_length(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        import ipaddress
+
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an address or CIDR network") from None
+        return value
+
     @field_validator("oversize_policy", mode="before")
     @classmethod
     def _lower_policy(cls, value: Any) -> Any:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("service.cli.simulate", "write simulated café access_log traffic"),
     "geoip": ("service.cli.geoip", "show or build the geolocation database"),
     "agent": ("service.cli.agent", "tail an access log (path or glob) into the Kinesis stream"),
+    "consume": ("service.cli.consume", "consume the stream: counters, S3 archive, CloudWatch"),
     "demo": ("service.cli.demo", "run the whole pipeline locally on simulated traffic"),
 }
 

@@ -1,0 +1,191 @@
+"""The commit of one shard: the only place that decides a position is done.
+
+"Checkpoint only after the archive and the counter state for those records are durable"
+(DESIGN.md §3) is `ShardCommitter.commit`, four numbered steps; a step that fails raises and the
+steps after it do not run, so the lease row never names a position whose records are not in S3
+(archive objects and state snapshot) both:
+
+1. flush the shard's archive sink (its objects are durable when `flush()` returns);
+2. fold the CloudWatch sink's acknowledged cursor into the state (`mark_published`), then hand
+   it the closed minutes still unpublished. Never awaited: the sink publishes on its own loop
+   and an outage only grows its queue (`consumers.sinks.cloudwatch`);
+3. write the state snapshot named by the position (`consumers.snapshots`);
+4. checkpoint the lease row, conditional on still owning it (`LeaseLostError`: the caller stops
+   processing the shard, and must not retry); then collect older snapshots.
+
+Why a time-based flush is safe: the archive's key rule needs only that a batch is flushed *and
+checkpointed* before the next batch is flushed. Each commit does both, in order, under the
+shard's lock, and a commit that failed leaves the rows in the sink to be written again under the
+same keys by the next commit; nothing else calls `flush()`. Where the cut falls (a record
+count, a byte count, a timer) does not enter the argument, so `CommitPolicy` may use all three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from consumers.counters import CityKey, Counts, MinuteIncrements, ShardState
+from consumers.leases import Checkpoint, Lease, LeaseTable
+from consumers.sinks.base import CheckpointedSink, FlushResult, Pending
+from consumers.sinks.cloudwatch import CloudWatchSink, MetricBatch, bucket_metric_data
+from consumers.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_RECORDS: Final = 50_000
+DEFAULT_COMMIT_BYTES: Final = 32 * 1024 * 1024
+DEFAULT_COMMIT_SECONDS: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPolicy:
+    """When a shard commits: whichever of records, raw bytes or age of the oldest uncommitted
+    record comes first. Few large archive objects are cheap (DESIGN.md §8); the age bounds how
+    much a crash re-reads and how stale the dashboard's data can be."""
+
+    records: int = DEFAULT_COMMIT_RECORDS
+    bytes: int = DEFAULT_COMMIT_BYTES
+    seconds: float = DEFAULT_COMMIT_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.records < 1 or self.bytes < 1 or self.seconds <= 0:
+            raise ValueError("commit thresholds must be positive")
+
+    def due(self, pending: Pending) -> bool:
+        return (
+            pending.records >= self.records
+            or pending.bytes >= self.bytes
+            or (pending.records > 0 and pending.age_s >= self.seconds)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    position: Checkpoint
+    archived: FlushResult
+    metric_batches_taken: int
+    snapshot_key: str
+    seconds: float
+
+
+def every_unpublished_minute(state: ShardState) -> list[MinuteIncrements]:
+    """Like `ShardState.pending_increments`, but the still-open minutes too: for the last commit
+    before the shard stops being read (shutdown, idle exit), when no later event time will ever
+    close them. Safe because a hit that still arrived for a published minute is added to the
+    minute after the publication cursor (`ShardState._increment_minute`).
+    (Belongs in `consumers.counters` as `pending_increments(close_all=True)`.)"""
+    published = state.published_through
+    minutes = sorted(
+        minute
+        for minute in state.increments.keys() | state.rejected_increments.keys()
+        if published is None or minute > published
+    )
+    places = state.places
+    return [
+        MinuteIncrements(
+            minute,
+            {
+                places[place]: Counts.unpack(packed)
+                for place, packed in state.increments.get(minute, {}).items()
+            },
+            state.rejected_increments.get(minute, 0),
+        )
+        for minute in minutes
+    ]
+
+
+def metric_batches(
+    source: str, increments: Iterable[MinuteIncrements], top_cities: Collection[CityKey]
+) -> list[MetricBatch]:
+    """One batch per minute, cursor = the minute, so the sink's acknowledged cursor is a minute
+    `ShardState.mark_published` understands."""
+    return [
+        MetricBatch(
+            source,
+            minute.minute,
+            tuple(
+                bucket_metric_data(
+                    minute.timestamp,
+                    minute.by_city_key(),
+                    top_cities=top_cities,
+                    rejected_lines=minute.rejected_lines,
+                )
+            ),
+        )
+        for minute in increments
+    ]
+
+
+class ShardCommitter:
+    """Commits one shard for the processor that owns it; holds the current `Lease` (the fencing
+    token), which each successful checkpoint replaces."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        leases: LeaseTable,
+        archive: CheckpointedSink,
+        snapshots: SnapshotStore,
+        metrics: CloudWatchSink | None = None,
+        top_cities: Callable[[], Collection[CityKey]] = frozenset,
+    ) -> None:
+        self.lease = lease
+        self.shard_id = lease.lease_key
+        self._leases = leases
+        self._archive = archive
+        self._snapshots = snapshots
+        self._metrics = metrics
+        self._top_cities = top_cities
+        self._lock = asyncio.Lock()
+        self.commits = 0
+
+    async def commit(
+        self,
+        state: ShardState,
+        position: Checkpoint,
+        *,
+        close_open_minutes: bool = False,
+        child_shard_ids: Collection[str] | None = None,
+    ) -> CommitResult:
+        """Make everything up to `position` durable, then record it (module docstring).
+
+        `position` is SHARD_END (with `child_shard_ids`) for a shard read to its end. Raises
+        whatever stopped it (`SinkError`, `LeaseLostError`, an S3 error): nothing after the
+        failed step ran, and the caller must not process past `position` as if committed.
+        """
+        async with self._lock:
+            started = time.perf_counter()
+            # 1. The archive objects for these records.
+            archived = await self._archive.flush()
+            # 2. Metrics: what CloudWatch accepted goes into the state first, so the snapshot's
+            #    cursor covers only published minutes; then the rest is handed over, not awaited.
+            taken = 0
+            if self._metrics is not None:
+                acknowledged = self._metrics.acknowledged(self.shard_id)
+                if acknowledged is not None:
+                    state.mark_published(acknowledged)
+                increments = (
+                    every_unpublished_minute(state)
+                    if close_open_minutes
+                    else state.pending_increments()
+                )
+                if increments:
+                    top = self._top_cities()
+                    taken = self._metrics.add(metric_batches(self.shard_id, increments, top))
+            # 3. The state as of `position`, under the key the checkpoint will name.
+            key = await self._snapshots.save(state, position)
+            # 4. The lease row; LeaseLostError ends this shard here.
+            if position.is_shard_end:
+                self.lease = await self._leases.mark_shard_end(self.lease, child_shard_ids or ())
+            elif position.order_key() >= self.lease.checkpoint.order_key():
+                self.lease = await self._leases.checkpoint(
+                    self.lease, position.sequence_number, position.sub_sequence_number
+                )
+            self.commits += 1
+            await self._snapshots.collect(self.shard_id, self.lease.checkpoint)
+            return CommitResult(position, archived, taken, key, time.perf_counter() - started)
