@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from consumers.leases import LeaseTable
 from service.aws import aws_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -121,6 +122,24 @@ def kill_while_committing(env: dict[str, str], log_path: Path, rng: random.Rando
             proc.kill()
             proc.wait()
     return commits
+
+
+def sigterm_after_first_commit(env: dict[str, str], log_path: Path) -> tuple[int, float, str]:
+    """Start `consume`, SIGTERM it once it committed; (exit code, seconds to exit, stdout)."""
+    with log_path.open("wb") as consume_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "consume"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=consume_log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while '"committed ' not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.01)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    return proc.returncode, time.monotonic() - stopped_at, out.decode()
 
 
 async def archive_rows() -> tuple[list[str], int]:
@@ -274,3 +293,21 @@ async def test_cloudwatch_funnel_sums_equal_ground_truth(
     ship(log_file, pipeline, tmp_path)
     consume_until_idle(pipeline)
     assert await cloudwatch_funnel_differences(truth) == {}
+
+
+async def test_sigterm_commits_evicts_its_leases_and_exits_0_within_30_s(
+    pipeline: dict[str, str], tmp_path: Path
+) -> None:
+    log_file, truth = simulate(tmp_path, pipeline, 30_000)
+    ship(log_file, pipeline, tmp_path)
+    code, seconds, out = sigterm_after_first_commit(pipeline, tmp_path / "consume.log")
+    assert code == 0, (tmp_path / "consume.log").read_text()[-4000:]
+    assert seconds < 30
+    assert json.loads(out.strip().splitlines()[-1])["window"] == "24h"
+    async with aws_client("dynamodb") as dynamodb:
+        rows = await LeaseTable(dynamodb, "cafe-clickstream-leases", "observer").list_leases()
+    assert rows and all(row.lease_owner is None for row in rows)
+    assert all(not row.checkpoint.is_sentinel for row in rows)  # each shard was committed
+    summary = consume_until_idle(pipeline)
+    assert_summary_is_truth(summary, truth)
+    await assert_archive_is_exact(truth, 30_000)
