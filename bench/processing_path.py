@@ -11,9 +11,11 @@ same file. Without FILE the log is made once with `clickstream simulate --lines 
 
 What runs, single thread, in process, as the consumer will run it:
 
-1. the agent's side, untimed: the file is read in chunks of `--chunk-mb` and packed by
-   `agent.records.RecordBuilder` into KPL-aggregated records for two shards, routed by client
-   IP as the agent routes them (records of up to 1 MiB, a few thousand lines each);
+1. the agent's side, untimed and first: the file is read in chunks of `--chunk-mb` and packed
+   by `agent.records.RecordBuilder` into KPL-aggregated records for two shards, routed by client
+   IP as the agent routes them (records of up to 1 MiB, a few thousand lines each), and spooled
+   to a temporary file; the builder is then dropped (in the service it is another process) and
+   the records are read back one at a time, untimed;
 2. per Kinesis record, alternating between the shards: `decode_record` (deaggregation and the
    envelope split), `parse_lines`, `Enricher.enrich_batch` (geo from the embedded database
    behind `ReloadingGeoLocator`, as the service runs it), `ShardState.add` / `add_rejected`
@@ -45,12 +47,14 @@ import gc
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -104,6 +108,32 @@ def records(path: Path, chunk_bytes: int) -> Iterator[OutRecord]:
                 return
 
 
+def spool(path: Path, chunk_bytes: int, out: BinaryIO) -> tuple[list[str], int]:
+    """Write the file's records to `out` (shard index, length, data); the shard ids and count.
+
+    Built before the consumer's part starts and kept on disk, so that the agent's objects (its
+    route cache holds one tuple per client address) are gone before the measured part: in the
+    service they live in another process and never burden the consumer's garbage collector.
+    """
+    shard_ids: list[str] = []
+    count = 0
+    for record in records(path, chunk_bytes):
+        if record.shard_id not in shard_ids:
+            shard_ids.append(record.shard_id)
+        out.write(struct.pack("<BI", shard_ids.index(record.shard_id), len(record.data)))
+        out.write(record.data)
+        count += 1
+    return shard_ids, count
+
+
+def spooled(shard_ids: list[str], spool_file: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(shard id, record data) back from `spool`, one record in memory at a time."""
+    spool_file.seek(0)
+    while header := spool_file.read(5):
+        index, size = struct.unpack("<BI", header)
+        yield shard_ids[index], spool_file.read(size)
+
+
 class Shard:
     """One shard's consumer: its state, its next sequence number and its archive columns."""
 
@@ -114,13 +144,15 @@ class Shard:
         self.columns = EventColumns()
 
 
-def run_path(path: Path, flush_every: int, chunk_bytes: int) -> dict[str, float]:
-    """Process the whole file; CPU seconds per stage, and the counts."""
+def run_path(
+    path: Path, flush_every: int, chunk_bytes: int, spool_file: BinaryIO
+) -> dict[str, float]:
+    """Process the whole file (records spooled through `spool_file`); CPU seconds per stage,
+    and the counts."""
     enricher = Enricher(ReloadingGeoLocator(), BotDetector(), SiteRules())
     privacy = IpPrivacy("full")
     shards: dict[str, Shard] = {}
     cpu = dict.fromkeys(STAGES, 0.0)
-    build_cpu = 0.0
     lines = hits = rejected = kinesis_records = archived = objects = parquet_size = 0
     clock = time.process_time
 
@@ -136,23 +168,29 @@ def run_path(path: Path, flush_every: int, chunk_bytes: int) -> dict[str, float]
         del table
         cpu["archive flush"] += clock() - started
 
+    build_started = clock()
+    shard_ids, _ = spool(path, chunk_bytes, spool_file)
+    build_cpu = clock() - build_started
+    gc.collect()
+    read_cpu = 0.0
     total_started = clock()
-    source = records(path, chunk_bytes)
+    source = spooled(shard_ids, spool_file)
     while True:
-        build_started = clock()
+        read_started = clock()
         record = next(source, None)
-        build_cpu += clock() - build_started
+        read_cpu += clock() - read_started
         if record is None:
             break
-        shard = shards.get(record.shard_id)
+        shard_id, data = record
+        shard = shards.get(shard_id)
         if shard is None:
-            shard = shards[record.shard_id] = Shard(record.shard_id)
+            shard = shards[shard_id] = Shard(shard_id)
         shard.sequence += 1_000_000
         sequence = str(shard.sequence)
         kinesis_records += 1
 
         t0 = clock()
-        users: list[UserRecord] = decode_record(shard.shard_id, sequence, 0.0, record.data)
+        users: list[UserRecord] = decode_record(shard_id, sequence, 0.0, data)
         t1 = clock()
         parsed = parse_lines([u.line for u in users])
         t2 = clock()
@@ -185,7 +223,7 @@ def run_path(path: Path, flush_every: int, chunk_bytes: int) -> dict[str, float]
     for shard in shards.values():
         if len(shard.columns):
             flush(shard)
-    total = clock() - total_started - build_cpu
+    total = clock() - total_started - read_cpu
     return {
         **cpu,
         "total": total,
@@ -240,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         gc.freeze()
     load_before = os.getloadavg()
     wall_started = time.perf_counter()
-    figures = run_path(path, args.flush, int(args.chunk_mb * 2**20))
+    with tempfile.TemporaryFile(prefix="records-") as spool_file:
+        figures = run_path(path, args.flush, int(args.chunk_mb * 2**20), spool_file)
     wall = time.perf_counter() - wall_started
     load_after = os.getloadavg()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

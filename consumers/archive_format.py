@@ -78,7 +78,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Final, Literal, get_args
@@ -327,20 +327,45 @@ _HIT_FIELDS: Final = (
 )
 
 
+SEAL_ROWS: Final = 8192
+"""Rows `EventColumns` keeps as Python lists before turning them into Arrow arrays. Measured
+(bench/processing_path.py): a flush of 100,000 rows held as ~38 lists of Python objects made
+every full garbage collection visit ~4 million references, scattered over the heap (a cache
+miss each: 40-60 ms a collection); as Arrow buffers they are invisible to the collector and
+several times smaller. Large enough that the ~40 array builds per seal are noise per row."""
+
+
 class EventColumns:
-    """Accepted events as one Python list per field, filled a Kinesis record's lines at a time.
+    """Accepted events in columns, filled a Kinesis record's lines at a time.
 
     Why not keep the objects until the flush: reading a field from 100,000 objects that left
     the CPU caches long ago costs a cache miss per object and field, and 300,000 live
     `UserRecord`/`Hit`/`EnrichedHit` objects make every full garbage collection of the whole
     consumer walk them. Read while the objects are fresh, the fields are plain strings and
-    numbers the collector does not track, and the objects can go as soon as the state step is
-    done with them.
+    numbers, and the objects can go as soon as the state step is done with them. Every
+    `seal_rows` rows those lists become Arrow arrays (`_seal`), in the form of the `full` IP
+    mode; `table` applies the privacy mode to the address columns and raw lines at the flush,
+    where it is known.
     """
 
-    __slots__ = ("_plan", "enriched", "hit", "record", "session_ids")
+    __slots__ = (
+        "_plan",
+        "_rows_sealed",
+        "_sealed",
+        "enriched",
+        "hit",
+        "record",
+        "seal_rows",
+        "session_ids",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, seal_rows: int = SEAL_ROWS) -> None:
+        self.seal_rows = seal_rows
+        self._sealed: list[pa.Table] = []
+        self._rows_sealed = 0
+        self._reset()
+
+    def _reset(self) -> None:
         self.record: dict[str, list[Any]] = {name: [] for name in _RECORD_FIELDS}
         self.enriched: dict[str, list[Any]] = {name: [] for name in _ENRICHED_FIELDS}
         self.hit: dict[str, list[Any]] = {name: [] for name in _HIT_FIELDS}
@@ -352,7 +377,7 @@ class EventColumns:
         )
 
     def __len__(self) -> int:
-        return len(self.session_ids)
+        return self._rows_sealed + len(self.session_ids)
 
     def extend(
         self,
@@ -372,9 +397,15 @@ class EventColumns:
         for column, getter in hit_plan:
             column += map(getter, parsed)
         self.session_ids += session_ids
+        if len(self.session_ids) >= self.seal_rows:
+            self._seal()
 
     def absorb(self, later: EventColumns) -> None:
         """Append every row of `later` (a failed flush's rows, then the newer ones)."""
+        if later._sealed:
+            self._seal()
+            self._sealed += later._sealed
+            self._rows_sealed += later._rows_sealed
         for mine, theirs in (
             (self.record, later.record),
             (self.enriched, later.enriched),
@@ -383,9 +414,47 @@ class EventColumns:
             for name, column in mine.items():
                 column += theirs[name]
         self.session_ids += later.session_ids
+        if len(self.session_ids) >= self.seal_rows:
+            self._seal()
+
+    def _seal(self) -> None:
+        """The rows still in lists become one Arrow table (IP mode `full`), the lists start over."""
+        if self.session_ids:
+            self._sealed.append(self._full_table())
+            self._rows_sealed += len(self.session_ids)
+            self._reset()
 
     def table(self, privacy: IpPrivacy) -> pa.Table:
         """The rows as one Arrow table in `EVENT_SCHEMA`."""
+        self._seal()
+        if not self._sealed:
+            return EVENT_SCHEMA.empty_table()
+        table = self._sealed[0] if len(self._sealed) == 1 else pa.concat_tables(self._sealed)
+        if privacy.mode == "full":
+            return table
+        rows = table.num_rows
+        client = table.column("client_ip")
+        logged = table.column("logged_ip")
+        # Without a trusted proxy the visitor is the logged client: one conversion serves both.
+        same_address = client.equals(logged)
+        client_ips = _rewritten(client, privacy.address)
+        logged_ips = client_ips if same_address else _rewritten(logged, privacy.address)
+        forwarded = table.column("forwarded_for")
+        if forwarded.null_count != rows:
+            forwarded = _rewritten(forwarded, privacy.header)
+        for name, column in (
+            ("client_ip", client_ips),
+            ("logged_ip", logged_ips),
+            ("forwarded_for", forwarded),
+            ("raw_line", pa.nulls(rows, pa.binary())),
+        ):
+            index = EVENT_SCHEMA.get_field_index(name)
+            table = table.set_column(index, EVENT_SCHEMA.field(index), column)
+        return table
+
+    def _full_table(self) -> pa.Table:
+        """The rows in the lists as a table in `EVENT_SCHEMA`, addresses and raw lines as
+        logged (the `full` IP mode)."""
         record, enriched, hit = self.record, self.enriched, self.hit
         rows = len(self.session_ids)
         file_geo = hit["file_geo"]
@@ -399,21 +468,9 @@ class EventColumns:
 
         client_ips: list[str] = enriched["client_ip"]
         logged_ips: list[str] = hit["client_ip"]
-        forwarded: list[str | None] = hit["forwarded_for"]
-        # Without a trusted proxy the visitor is the logged client: one conversion serves both.
-        same_address = logged_ips == client_ips
-        if privacy.mode != "full":
-            address = privacy.address
-            client_ips = list(map(address, client_ips))
-            logged_ips = client_ips if same_address else list(map(address, logged_ips))
-            if forwarded.count(None) != rows:
-                forwarded = list(map(privacy.header, forwarded))
         client_ip_array = pa.array(client_ips, pa.string())
-        logged_ip_array = client_ip_array if same_address else pa.array(logged_ips, pa.string())
-        raw_lines = (
-            pa.array(record["line"], pa.binary())
-            if privacy.keeps_raw_line
-            else pa.nulls(rows, pa.binary())
+        logged_ip_array = (
+            client_ip_array if logged_ips == client_ips else pa.array(logged_ips, pa.string())
         )
         columns = [
             pa.array(record["event_id"], pa.string()),
@@ -421,7 +478,7 @@ class EventColumns:
             pa.array(hit["utc_offset_minutes"], pa.int16()),
             client_ip_array,
             logged_ip_array,
-            pa.array(forwarded, pa.string()),
+            pa.array(hit["forwarded_for"], pa.string()),
             pa.array(hit["ident"], pa.string()),
             pa.array(hit["user"], pa.string()),
             pa.array(hit["method"], pa.string()),
@@ -448,9 +505,17 @@ class EventColumns:
             pa.array(record["sequence_number"], pa.string()),
             pa.array(record["sub_sequence_number"], pa.int32()),
             _milliseconds(record["arrival_time"]),
-            raw_lines,
+            pa.array(record["line"], pa.binary()),
         ]
         return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+
+
+def _rewritten(column: pa.ChunkedArray, rewrite: Callable[[Any], Any]) -> pa.Array:
+    """A string column with `rewrite` applied to each distinct non-null value (nulls kept):
+    addresses repeat on every hit of a visitor, so there are far fewer values than rows."""
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    values = pa.array(list(map(rewrite, encoded.dictionary.to_pylist())), pa.string())
+    return values.take(encoded.indices)
 
 
 def events_table(

@@ -255,3 +255,29 @@ def test_event_columns_fill_in_pieces_and_absorb_keep_row_order() -> None:
 
 def columns_of(made: list[tuple[UserRecord, EnrichedHit, str | None]]) -> tuple[list, ...]:
     return tuple(list(column) for column in zip(*made, strict=True))
+
+
+def test_rows_sealed_into_arrow_pieces_give_the_same_table_in_every_ip_mode() -> None:
+    """`EventColumns` turns its lists into Arrow every `seal_rows` rows and applies the IP mode
+    at the flush: the table must not depend on where the pieces were cut, absorb included."""
+    geo = FileGeo("US", "Washington", "Seattle", "47.6", "-122.3")
+    made = [
+        make_event(
+            i,
+            ip=("198.51.100.23", "2001:db8:7:8::9", "203.0.113.5")[i % 3],
+            forwarded_for=None if i % 4 else f"10.0.0.{i}, unknown",
+            file_geo=geo if i % 5 == 0 else None,
+        )
+        for i in range(23)
+    ]
+    for privacy in (IpPrivacy(), IpPrivacy("truncated"), IpPrivacy("hashed", KEY)):
+        whole = events(*made, privacy=privacy)
+        first, later = EventColumns(seal_rows=2), EventColumns(seal_rows=3)
+        for start in range(0, 15, 4):
+            first.extend(*columns_of(made[start : min(start + 4, 15)]))
+        later.extend(*columns_of(made[15:]))
+        first.absorb(later)
+        assert len(first) == len(made)
+        pieces = first.table(privacy)
+        assert pieces.equals(whole)
+        assert read_back(pieces).equals(read_back(whole))
