@@ -77,6 +77,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,15 @@ HASH_HEX_DIGITS: Final = 32  # 16 bytes of the HMAC
 _PRIVACY_CACHE_LIMIT: Final = 65_536
 
 TIMESTAMP_MS_UTC: Final = pa.timestamp("ms", tz="UTC")
+
+# Arrow allocates through the C library's malloc, not its bundled mimalloc: the archive builds
+# ~40 arrays every 8,192 rows and frees them at each flush, and with mimalloc that pattern cost
+# ~1.2 µs more per line and ~100 MiB more peak RSS (bench/processing_path.py, 1M lines: archive
+# add + flush 5.1-6.0 -> 4.1-4.6 µs/line, peak RSS 470-477 -> 372 MiB). Process-wide, because
+# pyarrow's compute functions and the Parquet writer allocate from the default pool; this module
+# is the consumer's only user of Arrow. An explicit ARROW_DEFAULT_MEMORY_POOL is respected.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    pa.set_memory_pool(pa.system_memory_pool())
 
 EVENT_SCHEMA: Final = pa.schema(
     [
