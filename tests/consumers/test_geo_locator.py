@@ -271,3 +271,44 @@ def test_unusable_files_raise_a_clear_geo_database_error(kind: str, tmp_path: Pa
         GeoLocator(path)
     with pytest.raises(GeoDatabaseError):
         describe_database(path)
+
+
+def test_raw_records_give_what_geoip2s_city_model_gives() -> None:
+    """`GeoLocator` reads raw records rather than building geoip2's models (for speed); on
+    the embedded database its answers must be the model's, field for field."""
+    rng = random.Random(7)
+    addresses = [
+        f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+        for _ in range(3000)
+    ]
+    addresses += [
+        f"2{rng.randrange(0x400, 0xC00):03x}:{rng.randrange(65536):x}::1" for _ in range(500)
+    ]
+    reader = geoip2.database.Reader(str(default_database_path()))
+    placed = 0
+    with GeoLocator() as locator:
+        for address in addresses:
+            got = locator.lookup(address)
+            ip = ipaddress.ip_address(address)
+            if not ip.is_global:
+                assert got == UNKNOWN_LOCATION
+                continue
+            try:
+                city = reader.city(address)
+            except geoip2.errors.AddressNotFoundError:
+                assert got == UNKNOWN_LOCATION
+                continue
+            placed += 1
+            region = city.subdivisions[0].name if city.subdivisions else None
+            assert (got.city, got.region, got.country, got.continent) == (
+                city.city.name or "Unknown",
+                region or "Unknown",
+                city.country.iso_code or "Unknown",
+                city.continent.code or "Unknown",
+            )
+            assert (got.latitude, got.longitude) == (
+                city.location.latitude,
+                city.location.longitude,
+            )
+    reader.close()
+    assert placed > 20  # the embedded sample covers ~1.5% of random addresses
