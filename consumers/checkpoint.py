@@ -6,12 +6,25 @@ steps after it do not run, so the lease row never names a position whose records
 (archive objects and state snapshot) both:
 
 1. flush the shard's archive sink (its objects are durable when `flush()` returns);
-2. fold the CloudWatch sink's acknowledged cursor into the state (`mark_published`), then hand
-   it the closed minutes still unpublished. Never awaited: the sink publishes on its own loop
-   and an outage only grows its queue (`consumers.sinks.cloudwatch`);
+2. fold the CloudWatch sink's acknowledged cursor into the state (`mark_published`), so the
+   snapshot's publication cursor covers only minutes CloudWatch accepted;
 3. write the state snapshot named by the position (`consumers.snapshots`);
 4. checkpoint the lease row, conditional on still owning it (`LeaseLostError`: the caller stops
-   processing the shard, and must not retry); then collect older snapshots.
+   processing the shard, and must not retry); then collect older snapshots;
+5. hand the sink the closed minutes still unpublished. Never awaited: the sink publishes on its
+   own loop and an outage only grows its queue (`consumers.sinks.cloudwatch`).
+
+Handing minutes over only once the checkpoint that contains them is durable means that what
+CloudWatch receives for a minute is what the snapshot holds for it: every record counted in a
+published minute is at or below a durable checkpoint, so a restart never counts it again.
+
+Each minute's data end with a marker datum (`PUBLISHED_MINUTES`, dimension `Shard`, value 1),
+sent in the same ordered queue, so "the marker of minute M reached CloudWatch" implies "all of
+minute M did". A restarted processor asks CloudWatch for the markers after its snapshot's
+cursor (`published_by_markers`) and moves the cursor past the minutes already there: the
+PutMetricData that succeeded just before a `kill -9` is not repeated. (CloudWatch makes new
+data readable within seconds to a couple of minutes; a marker not yet visible only brings back
+the one duplicate this closes, never a loss.)
 
 Why a time-based flush is safe: the archive's key rule needs only that a batch is flushed *and
 checkpointed* before the next batch is flushed. Each commit does both, in order, under the
@@ -27,19 +40,30 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from consumers.counters import CityKey, Counts, MinuteIncrements, ShardState
 from consumers.leases import Checkpoint, Lease, LeaseTable
 from consumers.sinks.base import CheckpointedSink, FlushResult, Pending
-from consumers.sinks.cloudwatch import CloudWatchSink, MetricBatch, bucket_metric_data
+from consumers.sinks.cloudwatch import (
+    CloudWatchSink,
+    MetricBatch,
+    MetricDatum,
+    bucket_metric_data,
+)
 from consumers.snapshots import SnapshotStore
+from consumers.windows import minute_of, minute_start
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_RECORDS: Final = 50_000
 DEFAULT_COMMIT_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_COMMIT_SECONDS: Final = 10.0
+PUBLISHED_MINUTES: Final = "PublishedMinutes"
+"""Marker series, one per shard (`SHARD_DIMENSION`): 1 at each minute this shard published.
+(Belongs in `consumers.metric_names`; the dashboard does not show it.)"""
+SHARD_DIMENSION: Final = "Shard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,23 +126,90 @@ def every_unpublished_minute(state: ShardState) -> list[MinuteIncrements]:
 def metric_batches(
     source: str, increments: Iterable[MinuteIncrements], top_cities: Collection[CityKey]
 ) -> list[MetricBatch]:
-    """One batch per minute, cursor = the minute, so the sink's acknowledged cursor is a minute
-    `ShardState.mark_published` understands."""
+    """One batch per minute, cursor = the minute (what `ShardState.mark_published` takes), its
+    data ending with the shard's publication marker (module docstring)."""
+    marker = ((SHARD_DIMENSION, source),)
     return [
         MetricBatch(
             source,
             minute.minute,
-            tuple(
-                bucket_metric_data(
+            (
+                *bucket_metric_data(
                     minute.timestamp,
                     minute.by_city_key(),
                     top_cities=top_cities,
                     rejected_lines=minute.rejected_lines,
-                )
+                ),
+                MetricDatum(PUBLISHED_MINUTES, marker, minute.timestamp, 1),
             ),
         )
         for minute in increments
     ]
+
+
+async def published_by_markers(
+    cloudwatch: Any, namespace: str, state: ShardState, now: float | None = None
+) -> int | None:
+    """The newest unpublished minute of `state` whose marker, and every earlier unpublished
+    minute's, is in CloudWatch: what a restored state may `mark_published`. None if none."""
+    minutes = [m.minute for m in every_unpublished_minute(state)]
+    if not minutes:
+        return None
+    now = time.time() if now is None else now
+    query = {
+        "Id": "published",
+        "MetricStat": {
+            "Metric": {
+                "Namespace": namespace,
+                "MetricName": PUBLISHED_MINUTES,
+                "Dimensions": [{"Name": SHARD_DIMENSION, "Value": state.shard_id}],
+            },
+            "Period": 60,
+            "Stat": "Sum",
+        },
+    }
+    seen: set[int] = set()
+    kwargs: dict[str, Any] = {
+        "MetricDataQueries": [query],
+        "StartTime": datetime.fromtimestamp(minute_start(minutes[0]), UTC),
+        "EndTime": datetime.fromtimestamp(max(now, minute_start(minutes[-1])) + 60, UTC),
+    }
+    while True:
+        response = await cloudwatch.get_metric_data(**kwargs)
+        for result in response.get("MetricDataResults", []):
+            for stamp, value in zip(result["Timestamps"], result["Values"], strict=True):
+                if value > 0:
+                    seen.add(minute_of(stamp.timestamp()))
+        token = response.get("NextToken")
+        if not token:
+            break
+        kwargs["NextToken"] = token
+    through = None
+    for minute in minutes:
+        if minute not in seen:
+            break
+        through = minute
+    return through
+
+
+class MinuteAtomicSink(CloudWatchSink):
+    """A `CloudWatchSink` whose PutMetricData calls end at a batch (minute) boundary whenever
+    the batch fits in one call, so a minute reaches CloudWatch all at once or not at all, and
+    its marker (sent last) vouches for the whole minute. A call that stopped mid-minute before a
+    `kill -9` would otherwise leave part of the minute there, to be sent again after restart.
+    (Belongs in `CloudWatchSink._next_chunk` itself.)"""
+
+    def _next_chunk(self, limit: int) -> list[Any]:
+        chunk = super()._next_chunk(limit)
+        queue = self._queue
+        if not chunk or len(chunk) >= len(queue):
+            return chunk
+        following = queue[len(chunk)]
+        batch = (following.source, following.cursor)
+        cut = len(chunk)
+        while cut > 0 and (chunk[cut - 1].source, chunk[cut - 1].cursor) == batch:
+            cut -= 1
+        return chunk[:cut] if cut else chunk  # a batch larger than a call: split, unavoidably
 
 
 class ShardCommitter:
@@ -162,21 +253,12 @@ class ShardCommitter:
             started = time.perf_counter()
             # 1. The archive objects for these records.
             archived = await self._archive.flush()
-            # 2. Metrics: what CloudWatch accepted goes into the state first, so the snapshot's
-            #    cursor covers only published minutes; then the rest is handed over, not awaited.
-            taken = 0
+            # 2. What CloudWatch accepted goes into the state, so the snapshot's cursor covers
+            #    only published minutes.
             if self._metrics is not None:
                 acknowledged = self._metrics.acknowledged(self.shard_id)
                 if acknowledged is not None:
                     state.mark_published(acknowledged)
-                increments = (
-                    every_unpublished_minute(state)
-                    if close_open_minutes
-                    else state.pending_increments()
-                )
-                if increments:
-                    top = self._top_cities()
-                    taken = self._metrics.add(metric_batches(self.shard_id, increments, top))
             # 3. The state as of `position`, under the key the checkpoint will name.
             key = await self._snapshots.save(state, position)
             # 4. The lease row; LeaseLostError ends this shard here.
@@ -188,4 +270,15 @@ class ShardCommitter:
                 )
             self.commits += 1
             await self._snapshots.collect(self.shard_id, self.lease.checkpoint)
+            # 5. Minutes whose every record is now behind a durable checkpoint: to CloudWatch.
+            taken = 0
+            if self._metrics is not None:
+                increments = (
+                    every_unpublished_minute(state)
+                    if close_open_minutes
+                    else state.pending_increments()
+                )
+                if increments:
+                    top = self._top_cities()
+                    taken = self._metrics.add(metric_batches(self.shard_id, increments, top))
             return CommitResult(position, archived, taken, key, time.perf_counter() - started)

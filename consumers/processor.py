@@ -26,9 +26,14 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from consumers.checkpoint import CommitPolicy, CommitResult, ShardCommitter
+from consumers.checkpoint import (
+    CommitPolicy,
+    CommitResult,
+    ShardCommitter,
+    published_by_markers,
+)
 from consumers.counters import CityKey, ShardState
 from consumers.enrich import Enricher
 from consumers.leases import SHARD_END, Checkpoint, Lease, LeaseTable
@@ -72,6 +77,7 @@ class ShardProcessor:
         enricher: Enricher,
         *,
         metrics: CloudWatchSink | None = None,
+        cloudwatch: Any = None,
         top_cities: Callable[[], Collection[CityKey]] = frozenset,
         policy: CommitPolicy | None = None,
         lateness: Lateness | None = None,
@@ -82,6 +88,7 @@ class ShardProcessor:
         self._archive = archive
         self._enricher = enricher
         self._metrics = metrics
+        self._cloudwatch = cloudwatch
         self._lateness = lateness
         self._bot_rule = bot_rule
         self.policy = policy or CommitPolicy()
@@ -107,11 +114,30 @@ class ShardProcessor:
         )
         if restored is not None:
             self.state = restored
+            await self._skip_published_minutes()
         else:
             self.state = ShardState(
                 self.shard_id, self._lateness or Lateness(), self._bot_rule or BotRule()
             )
         return start
+
+    async def _skip_published_minutes(self) -> None:
+        """Minutes CloudWatch already has (their markers are there) although the snapshot's
+        cursor predates them: a crash came between PutMetricData and the next snapshot. Not
+        sending them again keeps the published sums exact (`consumers.checkpoint`)."""
+        if self._metrics is None or self._cloudwatch is None:
+            return
+        try:
+            through = await published_by_markers(
+                self._cloudwatch, self._metrics.namespace, self.state
+            )
+        except Exception as error:  # CloudWatch down: publish again rather than not start
+            log.warning("%s: cannot read publication markers (%s); unacknowledged minutes "
+                        "will be published again", self.shard_id, error)  # fmt: skip
+            return
+        if through is not None:
+            log.info("%s: minutes through %d were already published", self.shard_id, through)
+            self.state.mark_published(through)
 
     # 2. ------------------------------------------------------------------ process records
 

@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from consumers.archive_format import IpPrivacy
-from consumers.checkpoint import CommitPolicy
+from consumers.checkpoint import CommitPolicy, MinuteAtomicSink
 from consumers.counters import CityKey, ShardState, summarize, top_cities
 from consumers.enrich import Enricher
 from consumers.leases import SHARD_END, Checkpoint, Lease, LeaseError, LeaseLostError, LeaseTable
 from consumers.processor import ShardProcessor
 from consumers.reader import ReadBatch, ShardEnded, ShardReader
 from consumers.shard_graph import ShardInfo, readable_shards, shard_infos
-from consumers.sinks.cloudwatch import CloudWatchSink
 from consumers.sinks.s3_archive import S3ArchiveSink
 from consumers.snapshots import SnapshotStore
 
@@ -100,10 +99,11 @@ class ConsumerWorker:
         self.config = config
         self._kinesis = kinesis
         self._s3 = s3
+        self._cloudwatch = cloudwatch
         self.leases = LeaseTable(dynamodb, lease_table, config.worker_id)
         self.snapshots = SnapshotStore(s3, config.bucket, _state_prefix(config.archive_prefix))
         self.metrics = (
-            None if cloudwatch is None else CloudWatchSink(cloudwatch, config.metrics_namespace)
+            None if cloudwatch is None else MinuteAtomicSink(cloudwatch, config.metrics_namespace)
         )
         self._enricher = enricher
         self.processors: dict[str, ShardProcessor] = {}
@@ -288,6 +288,7 @@ class ConsumerWorker:
             self.snapshots,
             self._enricher,
             metrics=self.metrics,
+            cloudwatch=self._cloudwatch,
             top_cities=self._top_cities,
             policy=self.config.policy,
         )

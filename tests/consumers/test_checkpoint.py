@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 
-from consumers.checkpoint import CommitPolicy, ShardCommitter, every_unpublished_minute
+from consumers.checkpoint import (
+    CommitPolicy,
+    MinuteAtomicSink,
+    ShardCommitter,
+    every_unpublished_minute,
+    published_by_markers,
+)
 from consumers.counters import ShardState
 from consumers.leases import TRIM_HORIZON, Checkpoint, LeaseLostError, LeaseTable
 from consumers.models import Rejection, UserRecord
 from consumers.sinks.base import ArchiveWriteError, Pending
-from consumers.sinks.cloudwatch import CloudWatchSink
+from consumers.sinks.cloudwatch import CloudWatchSink, MetricBatch, MetricDatum
 from consumers.sinks.s3_archive import S3ArchiveSink
 from consumers.snapshots import SnapshotStore, snapshot_key
 from consumers.state_store import to_bytes
@@ -151,3 +157,35 @@ def test_commit_policy_counts_records_bytes_and_age() -> None:
     assert not policy.due(Pending(records=99, bytes=999, age_s=4.9))
     with pytest.raises(ValueError):
         CommitPolicy(records=0)
+
+
+async def test_a_restored_state_skips_the_minutes_whose_markers_cloudwatch_has(
+    stack: Stack,
+) -> None:
+    """The crash between PutMetricData and the next snapshot: the snapshot's cursor is behind
+    what CloudWatch has, and the markers say how far."""
+    archive = S3ArchiveSink(stack.s3, BUCKET, SHARD, encode_in_thread=False)
+    metrics = MinuteAtomicSink(stack.cloudwatch, "MarkerTests")
+    commit = await committer(stack, archive, metrics)
+    state = fed_state(10)
+    await commit.commit(state, Checkpoint("10"))  # snapshot: nothing published yet
+    before = await stack.snapshots.load(SHARD, Checkpoint("10"))
+    assert before is not None and before.published_through is None
+    await metrics.flush()  # published... then kill -9, before the next snapshot
+    closed = [m.minute for m in state.pending_increments()]
+    through = await published_by_markers(stack.cloudwatch, "MarkerTests", before)
+    assert through == closed[-1]
+    fresh = ShardState(SHARD)
+    assert await published_by_markers(stack.cloudwatch, "MarkerTests", fresh) is None
+
+
+def test_calls_end_at_a_minute_boundary_when_the_minute_fits() -> None:
+    sink = MinuteAtomicSink(cloudwatch=None, namespace="Unused")
+    datum = MetricDatum("PageViews", (), float(T0), 1.0)
+    sink.add([MetricBatch(SHARD, minute, (datum,) * 300) for minute in range(5)])
+    chunk = sink._next_chunk(1000)
+    assert len(chunk) == 900  # three whole minutes, not 1,000 data cutting the fourth
+    assert {entry.cursor for entry in chunk} == {0, 1, 2}
+    big = MinuteAtomicSink(cloudwatch=None, namespace="Unused")
+    big.add([MetricBatch(SHARD, 0, (datum,) * 1500)])
+    assert len(big._next_chunk(1000)) == 1000  # larger than a call: split, unavoidably

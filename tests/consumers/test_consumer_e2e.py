@@ -278,6 +278,7 @@ async def test_crash_kill_9_three_times_changes_no_number(
     summary = consume_until_idle(pipeline)
     assert_summary_is_truth(summary, truth)
     await assert_archive_is_exact(truth, lines)
+    await assert_cloudwatch_page_views(truth)
 
 
 @pytest.mark.xfail(
