@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from agent.backoff import backoff_delay
 from agent.metrics import AgentMetrics, is_healthy
 from agent.models import Ack, FileIdentity, Line
 from agent.records import (
@@ -86,11 +87,6 @@ def classify(code: str | None, status: int | None = None) -> str:
     if code in _SERVER or (status is not None and status >= 500):
         return "server_error"
     return "rejected"
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt))."""
-    return rng() * min(cap, base * (2 ** min(attempt, 32)))
 
 
 async def load_shard_map(client: Any, stream_name: str) -> ShardMap:

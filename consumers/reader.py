@@ -49,6 +49,7 @@ from typing import Any, Final
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from agent.backoff import backoff_delay
 from consumers.decode import decode_records
 from consumers.leases import LATEST, TRIM_HORIZON, Checkpoint
 from consumers.models import UserRecord
@@ -125,11 +126,6 @@ class ReaderStats:
 @dataclass(frozen=True, slots=True)
 class _Failed:
     error: BaseException
-
-
-def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt))."""
-    return rng() * min(cap_s, base_s * (2 ** min(attempt, 32)))
 
 
 def _error_code(error: ClientError) -> str:

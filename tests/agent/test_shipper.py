@@ -29,11 +29,12 @@ from aiobotocore.session import get_session
 from botocore.exceptions import EndpointConnectionError
 from prometheus_client import generate_latest
 
+from agent.backoff import backoff_delay
 from agent.envelope import decode_payload
 from agent.metrics import AgentMetrics
 from agent.models import Ack, FileIdentity, Line
 from agent.shardmap import hash_key
-from agent.shipper import Shipper, backoff_delay, classify
+from agent.shipper import Shipper, classify
 from agent.tailer import LineBatch
 from tests.agent.support import deaggregate
 
