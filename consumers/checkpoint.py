@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from consumers.counters import CityKey, Counts, MinuteIncrements, ShardState
+from consumers.counters import CityKey, MinuteIncrements, ShardState
 from consumers.leases import Checkpoint, Lease, LeaseTable
 from consumers.sinks.base import CheckpointedSink, FlushResult, Pending
 from consumers.sinks.cloudwatch import (
@@ -97,32 +97,6 @@ class CommitResult:
     seconds: float
 
 
-def every_unpublished_minute(state: ShardState) -> list[MinuteIncrements]:
-    """Like `ShardState.pending_increments`, but the still-open minutes too: for the last commit
-    before the shard stops being read (shutdown, idle exit), when no later event time will ever
-    close them. Safe because a hit that still arrived for a published minute is added to the
-    minute after the publication cursor (`ShardState._increment_minute`).
-    (Belongs in `consumers.counters` as `pending_increments(close_all=True)`.)"""
-    published = state.published_through
-    minutes = sorted(
-        minute
-        for minute in state.increments.keys() | state.rejected_increments.keys()
-        if published is None or minute > published
-    )
-    places = state.places
-    return [
-        MinuteIncrements(
-            minute,
-            {
-                places[place]: Counts.unpack(packed)
-                for place, packed in state.increments.get(minute, {}).items()
-            },
-            state.rejected_increments.get(minute, 0),
-        )
-        for minute in minutes
-    ]
-
-
 def metric_batches(
     source: str, increments: Iterable[MinuteIncrements], top_cities: Collection[CityKey]
 ) -> list[MetricBatch]:
@@ -152,7 +126,7 @@ async def published_by_markers(
 ) -> int | None:
     """The newest unpublished minute of `state` whose marker, and every earlier unpublished
     minute's, is in CloudWatch: what a restored state may `mark_published`. None if none."""
-    minutes = [m.minute for m in every_unpublished_minute(state)]
+    minutes = [m.minute for m in state.pending_increments(close_all=True)]
     if not minutes:
         return None
     now = time.time() if now is None else now
@@ -274,7 +248,7 @@ class ShardCommitter:
             taken = 0
             if self._metrics is not None:
                 increments = (
-                    every_unpublished_minute(state)
+                    state.pending_increments(close_all=True)
                     if close_open_minutes
                     else state.pending_increments()
                 )

@@ -442,17 +442,25 @@ class ShardState:
         first = window_first_minute(end_minute, span)
         return sum(n for minute, n in counts.items() if first <= minute <= end_minute)
 
-    def pending_increments(self) -> list[MinuteIncrements]:
+    def pending_increments(self, close_all: bool = False) -> list[MinuteIncrements]:
         """Closed minutes not yet published, oldest first: what the metrics sink sends next.
-        Call `mark_published` with the last minute sent once CloudWatch accepted them."""
-        if self.newest_time is None:
+        Call `mark_published` with the last minute sent once CloudWatch accepted them.
+
+        `close_all` includes the still-open minutes too: for the last commit before a shard
+        stops being read (shutdown, idle exit), when no later event time will ever close them.
+        Safe because a hit that still arrives for a published minute is added to the minute
+        after the publication cursor (`_increment_minute`)."""
+        if self.newest_time is None and not close_all:
             return []
-        last_closed = self.lateness.last_closed_minute(self.newest_time)
+        last_closed = (
+            None if self.newest_time is None else self.lateness.last_closed_minute(self.newest_time)
+        )
         published = self.published_through
         minutes = sorted(
             m
             for m in self.increments.keys() | self.rejected_increments.keys()
-            if m <= last_closed and (published is None or m > published)
+            if (close_all or (last_closed is not None and m <= last_closed))
+            and (published is None or m > published)
         )
         places = self.places
         return [

@@ -14,7 +14,6 @@ from consumers.checkpoint import (
     CommitPolicy,
     MinuteAtomicSink,
     ShardCommitter,
-    every_unpublished_minute,
     published_by_markers,
 )
 from consumers.counters import ShardState
@@ -140,12 +139,12 @@ async def test_the_cloudwatch_cursor_reaches_the_snapshot_only_after_acceptance(
     restored = await stack.snapshots.load(SHARD, Checkpoint("10"))
     assert restored is not None and restored.published_through == closed[-1]
     # The last commit before stopping publishes the still-open minutes as well.
-    open_minutes = every_unpublished_minute(state)
+    open_minutes = state.pending_increments(close_all=True)
     assert open_minutes and open_minutes[0].minute > closed[-1]
     await commit.commit(state, Checkpoint("10"), close_open_minutes=True)
     await metrics.flush()
     await commit.commit(state, Checkpoint("10"))
-    assert every_unpublished_minute(state) == []
+    assert state.pending_increments(close_all=True) == []
 
 
 def test_commit_policy_counts_records_bytes_and_age() -> None:

@@ -328,6 +328,17 @@ def brute_force_sessions(hits: list[Any]) -> Counts:
     return Counts(*totals)
 
 
+def test_close_all_hands_over_the_open_minutes_too() -> None:
+    """The last commit before a shard stops: no later event time will ever close them."""
+    state, feed = ShardState("s", lateness=Lateness(60, 3600)), Feeder()
+    assert state.pending_increments(close_all=True) == []
+    feed(state, hit(T0 + 1, page="home"), hit(T0 + 61, ip="10.0.0.2", location=LYON))
+    assert state.pending_increments() == []
+    assert [p.minute for p in state.pending_increments(close_all=True)] == [M0, M0 + 1]
+    state.mark_published(M0)
+    assert [p.minute for p in state.pending_increments(close_all=True)] == [M0 + 1]
+
+
 def test_published_increments_sum_to_sessions_reaching_each_stage() -> None:
     """What CloudWatch receives over the whole run: every page view once, and every session's
     first visit, menu view and purchase once, with a sink publishing at random moments."""
