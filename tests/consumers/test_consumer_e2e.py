@@ -6,8 +6,9 @@ moments while it commits; a SIGTERM mid-run. Each time the merged summary equals
 simulator's ground truth, every accepted line is archived once (unique by event id), every
 malformed line is a reject, and CloudWatch's per-city page views (GetMetricData) equal the
 truth for the top 10 cities. The funnel series are per-session increments by design
-(`consumers.metric_names`), so their sums exceed distinct visitors: that test is an xfail. The issue's 200,000 lines run only with CLICKSTREAM_FULL_ACCEPTANCE=1 (minutes on a
-2-core machine); the default sizes keep each scenario near a minute.
+(`consumers.metric_names`), so their sums exceed distinct visitors: that test is an xfail.
+The issue's 200,000 lines run only with CLICKSTREAM_FULL_ACCEPTANCE=1 (minutes on a 2-core
+machine); the default sizes keep each scenario near a minute.
 """
 
 from __future__ import annotations
