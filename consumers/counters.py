@@ -41,8 +41,12 @@ reaches.
 
 Metric increments
 -----------------
-CloudWatch gets, per closed minute, page views and the visitors who *first reached a stage in
-their session* in that minute. Increments are kept per minute until published; the minute
+CloudWatch gets, per closed minute, page views and the visitors who reached a stage in that
+minute *for the first time in 24 hours* (their previous reach of that stage, if any, is outside
+the 24 h window ending at this minute). So the dashboard's `Sum` over any range up to a day is
+the number of distinct visitors who reached the stage in it, the very number `/api/summary` and
+the simulator's ground truth report; per-session increments would count a returning visitor
+once per session. Increments are kept per minute until published; the minute
 through which they were published (`published_through`) is snapshotted, so a restart neither
 repeats nor loses them. A late hit whose minute was already published adds to the oldest
 unpublished minute instead, so it is published once, a little late.
@@ -358,15 +362,16 @@ class ShardState:
         cells[place] = cells.get(place, 0) + PV
 
     def _seen(self, slot: int, stage: int, minute: int, place: int) -> None:
-        """The visitor reached `stage` at `minute`: a session-first increment, and a move of its
-        last-seen minute (from one bucket's last-seen count to another's)."""
+        """The visitor reached `stage` at `minute`: a first-in-24-hours increment, and a move of
+        its last-seen minute (from one bucket's last-seen count to another's)."""
         visitors = self.visitors
         unit = _STAGE_UNITS[stage]
-        if visitors.reach(slot, stage):
+        visitors.reach(slot, stage)  # the session's funnel
+        column = visitors.last_seen(stage)
+        old = column[slot]  # NEVER (-1) when the stage was never reached: always a day ago
+        if minute - old >= LONGEST_WINDOW_MINUTES:
             cells = self.increments.setdefault(self._increment_minute(minute), {})
             cells[place] = cells.get(place, 0) + unit
-        column = visitors.last_seen(stage)
-        old = column[slot]
         if minute <= old:
             return
         column[slot] = minute

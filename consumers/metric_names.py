@@ -16,8 +16,9 @@ Series published:
 - per region: the same four with `REGION_DIMENSIONS`.
 
 `VISITORS`, `MENU_VIEWERS` and `PURCHASERS` are published as increments: a visitor counts once,
-in the period in which they first reach that funnel stage within a session, so the dashboard's
-`Sum` over any time range is the number of such visitors in that range.
+in the minute in which they reach that funnel stage for the first time in 24 hours, so the
+dashboard's `Sum` over any range up to a day is the number of distinct visitors who reached the
+stage in it (what `/api/summary` and the ground truth report).
 """
 
 from __future__ import annotations

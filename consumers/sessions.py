@@ -18,8 +18,8 @@ What a slot remembers, and why:
   inactivity (`consumers.windows.is_new_session`);
 - `burst_start`, `burst_views`: a tumbling count of page views per `BotRule.within_seconds`, the
   only history the behaviour rule needs;
-- `flags`: live slot, stages reached in the current session (metric increments count a visitor
-  once per session and stage), static asset ever loaded, behaviour bot.
+- `flags`: live slot, stages reached in the current session (the session's funnel), static
+  asset ever loaded, behaviour bot.
 
 Behaviour bots: a visitor that has never loaded a static asset and makes `min_page_views` page
 views within `within_seconds` is flagged. Flagging is forward-only: the page view that trips the
@@ -196,8 +196,7 @@ class VisitorTable:
         return not flags & BEHAVIOUR_BOT
 
     def reach(self, slot: int, stage: int) -> bool:
-        """Mark a stage reached in the current session; True the first time in this session
-        (the moment a CloudWatch increment is due)."""
+        """Mark a stage reached in the current session; True the first time in this session."""
         bit = SESSION_VISIT << stage
         flags = self.flags[slot]
         if flags & bit:

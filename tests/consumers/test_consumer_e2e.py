@@ -5,10 +5,10 @@ Scenarios: one clean run; the same with the consumer killed (SIGKILL) three time
 moments while it commits; a SIGTERM mid-run. Each time the merged summary equals the
 simulator's ground truth, every accepted line is archived once (unique by event id), every
 malformed line is a reject, and CloudWatch's per-city page views (GetMetricData) equal the
-truth for the top 10 cities. The funnel series are per-session increments by design
-(`consumers.metric_names`), so their sums exceed distinct visitors: that test is an xfail.
-The issue's 200,000 lines run only with CLICKSTREAM_FULL_ACCEPTANCE=1 (minutes on a 2-core
-machine); the default sizes keep each scenario near a minute.
+truth for the top 10 cities, and so do the funnel series (Visitors, MenuViewers,
+Purchasers), which count a visitor once a day (`consumers.metric_names`). The issue's 200,000
+lines run only with CLICKSTREAM_FULL_ACCEPTANCE=1 (minutes on a 2-core machine); the default
+sizes keep each scenario near a minute.
 """
 
 from __future__ import annotations
@@ -284,12 +284,6 @@ async def test_crash_kill_9_three_times_changes_no_number(
     await assert_cloudwatch_page_views(truth)
 
 
-@pytest.mark.xfail(
-    reason="CloudWatch Visitors/MenuViewers/Purchasers are per-session first reaches "
-    "(consumers.metric_names), the truth counts distinct visitors: a repeat visitor's second "
-    "session adds to the sum. Needs a 'first reach in the window' increment in consumers.counters.",
-    strict=False,
-)
 async def test_cloudwatch_funnel_sums_equal_ground_truth(
     pipeline: dict[str, str], tmp_path: Path
 ) -> None:

@@ -271,14 +271,16 @@ def test_increments_hand_over_to_the_cloudwatch_sink() -> None:
     assert {d.timestamp for d in data} == {T0}
 
 
-def test_increments_count_sessions_and_rejections() -> None:
+def test_increments_count_visitors_once_a_day_and_rejections() -> None:
     state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
     feed(state, hit(T0), hit(T0 + 10))
     state.add_rejected(feed.sequence)
     feed.sequence += 1
     feed(state, hit(T0 + 2000), hit(T0 + 4000), hit(T0 + 4200, ip="10.0.0.2"))
     pending = state.pending_increments()  # minutes up to T0 + 4200's are closed
-    assert sum(p.totals.visitors for p in pending) == 3  # three sessions of one visitor
+    assert sum(p.totals.visitors for p in pending) == 1  # three sessions of one visitor: once
+    everything = state.pending_increments(close_all=True)  # with 10.0.0.2's open minute
+    assert sum(p.totals.visitors for p in everything) == 2
     assert sum(p.rejected_lines for p in pending) == 1
     assert totals(state)["visitors"] == 2
 
@@ -304,27 +306,23 @@ def test_the_sweep_passes_over_the_table_in_four_hours_of_event_time() -> None:
     assert len(state.visitors) == 1
 
 
-def brute_force_sessions(hits: list[Any]) -> Counts:
-    """Page views, and sessions reaching each stage, for hits in event-time order."""
-    last: dict[str, float] = {}
-    reached: dict[str, set[str]] = {}
+def brute_force_daily_reaches(hits: list[Any]) -> Counts:
+    """Page views, and each visitor's reaches of each stage that are its first in 24 hours (its
+    previous reach of that stage, if any, at least 1,440 minutes earlier), for hits in
+    event-time order: what CloudWatch's increments must add up to."""
+    last_reach: dict[tuple[str, str], int] = {}
     totals = [0, 0, 0, 0]
     for one in hits:
-        if one.is_bot:
-            continue
-        seen_before = one.visitor in last
-        if seen_before and one.hit.time - last[one.visitor] > 1800:
-            reached[one.visitor] = set()
-        if seen_before or one.is_page_view:
-            last[one.visitor] = max(last.get(one.visitor, one.hit.time), one.hit.time)
-        if not one.is_page_view:
+        if one.is_bot or not one.is_page_view:
             continue
         totals[0] += 1
-        stages = reached.setdefault(one.visitor, set())
+        minute = int(one.hit.time // 60)
         for index, stage in enumerate(("visit", "menu", "purchase"), 1):
-            if (stage == "visit" or one.stage == stage) and stage not in stages:
-                stages.add(stage)
-                totals[index] += 1
+            if stage == "visit" or one.stage == stage:
+                previous = last_reach.get((one.visitor, stage))
+                if previous is None or minute - previous >= 24 * 60:
+                    totals[index] += 1
+                last_reach[(one.visitor, stage)] = max(minute, previous or minute)
     return Counts(*totals)
 
 
@@ -339,9 +337,9 @@ def test_close_all_hands_over_the_open_minutes_too() -> None:
     assert [p.minute for p in state.pending_increments(close_all=True)] == [M0 + 1]
 
 
-def test_published_increments_sum_to_sessions_reaching_each_stage() -> None:
-    """What CloudWatch receives over the whole run: every page view once, and every session's
-    first visit, menu view and purchase once, with a sink publishing at random moments."""
+def test_published_increments_sum_to_first_reaches_in_24_hours() -> None:
+    """What CloudWatch receives over a run of weeks: every page view once, and each visitor's
+    visit, menu view and purchase once per 24 hours, with a sink publishing at random moments."""
     rng = random.Random(5)
     state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
     hits = []
@@ -367,7 +365,7 @@ def test_published_increments_sum_to_sessions_reaching_each_stage() -> None:
                 state.mark_published(pending[-1].minute)
     feed(state, hit(at + 3600, ip="203.0.113.1", bot=True))  # closes every minute
     published = sum((p.totals for p in state.pending_increments()), published)
-    assert published == brute_force_sessions(hits)
+    assert published == brute_force_daily_reaches(hits)
 
 
 def test_a_limited_summary_is_the_full_one_cut_short() -> None:

@@ -11,6 +11,10 @@ from consumers.sessions import (
     BEHAVIOUR_BOT,
     LIVE,
     NEVER,
+    SESSION_MENU,
+    SESSION_PURCHASE,
+    SESSION_STAGES,
+    SESSION_VISIT,
     BotRule,
     VisitorTable,
     visitor_hash,
@@ -28,6 +32,12 @@ def increments_total(state: ShardState) -> tuple[int, int, int, int]:
     return tuple(totals)  # type: ignore[return-value]
 
 
+def session_stages(state: ShardState, visitor: str) -> int:
+    """The stage bits the visitor's current session has reached."""
+    slot = state.visitors.index[visitor_hash(visitor)]
+    return state.visitors.flags[slot] & SESSION_STAGES
+
+
 def test_visitor_hash_is_stable_and_64_bit() -> None:
     assert visitor_hash("a\tb") == visitor_hash("a\tb")
     assert visitor_hash("a\tb") != visitor_hash("a\tc")
@@ -36,11 +46,12 @@ def test_visitor_hash_is_stable_and_64_bit() -> None:
     assert visitor_hash("198.51.100.1\tMozilla") == visitor_hash("198.51.100.1\tMozilla")
 
 
-def test_funnel_increments_once_per_session_and_stage() -> None:
+def test_funnel_per_session_and_increments_once_per_day() -> None:
     state, feed = ShardState("s"), Feeder()
+    first = hit(T0, page="home")
     feed(
         state,
-        hit(T0, page="home"),
+        first,
         hit(T0 + 10, page="static"),
         hit(T0 + 60, page="menu"),
         hit(T0 + 120, page="menu"),
@@ -48,9 +59,15 @@ def test_funnel_increments_once_per_session_and_stage() -> None:
         hit(T0 + 240, page="home"),
     )
     assert increments_total(state) == (5, 1, 1, 1)
-    # 31 minutes of silence: a new session reaches the stages again.
+    assert session_stages(state, first.visitor) == SESSION_VISIT | SESSION_MENU | SESSION_PURCHASE
+    # 31 minutes of silence: a new session reaches the stages again...
     feed(state, hit(T0 + 240 + 1801, page="menu"))
-    assert increments_total(state) == (6, 2, 2, 1)
+    assert session_stages(state, first.visitor) == SESSION_VISIT | SESSION_MENU
+    # ...but the visitor already counted today: CloudWatch's sums stay distinct visitors.
+    assert increments_total(state) == (6, 1, 1, 1)
+    # A day after its last menu view it counts again (the older minutes have left the state).
+    feed(state, hit(T0 + 240 + 1801 + 86_400, page="menu"))
+    assert increments_total(state) == (1, 1, 1, 0)
 
 
 def test_a_static_file_or_an_error_keeps_the_session_alive() -> None:
@@ -62,10 +79,11 @@ def test_a_static_file_or_an_error_keeps_the_session_alive() -> None:
 
 def test_a_gap_of_exactly_thirty_minutes_keeps_the_session() -> None:
     state, feed = ShardState("s"), Feeder()
-    feed(state, hit(T0, page="home"), hit(T0 + 1800, page="home"))
-    assert increments_total(state)[1] == 1
+    first = hit(T0, page="menu")
+    feed(state, first, hit(T0 + 1800, page="home"))
+    assert session_stages(state, first.visitor) == SESSION_VISIT | SESSION_MENU
     feed(state, hit(T0 + 3601, page="home"))
-    assert increments_total(state)[1] == 2
+    assert session_stages(state, first.visitor) == SESSION_VISIT
 
 
 def test_visitors_are_ip_plus_user_agent() -> None:
