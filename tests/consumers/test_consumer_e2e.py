@@ -267,6 +267,7 @@ async def test_end_to_end_equals_ground_truth(
     assert_summary_is_truth(summary, truth)
     await assert_archive_is_exact(truth, lines)
     await assert_cloudwatch_page_views(truth)
+    assert await cloudwatch_funnel_differences(truth) == {}
 
 
 @pytest.mark.parametrize("lines", LINES)
@@ -282,14 +283,6 @@ async def test_crash_kill_9_three_times_changes_no_number(
     assert_summary_is_truth(summary, truth)
     await assert_archive_is_exact(truth, lines)
     await assert_cloudwatch_page_views(truth)
-
-
-async def test_cloudwatch_funnel_sums_equal_ground_truth(
-    pipeline: dict[str, str], tmp_path: Path
-) -> None:
-    log_file, truth = simulate(tmp_path, pipeline, 30_000)
-    ship(log_file, pipeline, tmp_path)
-    consume_until_idle(pipeline)
     assert await cloudwatch_funnel_differences(truth) == {}
 
 
