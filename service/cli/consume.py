@@ -35,6 +35,7 @@ from consumers.scheduler import ConsumerWorker, WorkerConfig, default_worker_id
 from service.aws import aws_client
 from service.cli.arguments import positive_float
 from service.local_stack import use_local_stack_if_running
+from service.process_tuning import tune_garbage_collector
 from service.settings import Settings
 
 HELP = "consume the stream: counters, S3 archive, CloudWatch"
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     use_local_stack_if_running(settings.state_dir)
     enricher = Enricher(geo, trusted_proxies=proxies)
+    tune_garbage_collector()
     try:
         return asyncio.run(_main(args, settings, config, enricher))
     finally:
