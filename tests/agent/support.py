@@ -7,8 +7,23 @@ from collections.abc import Iterable
 from typing import Any
 
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
+from hypothesis import strategies as st
 
 from agent.shardmap import MAX_HASH_KEY, Shard, ShardMap
+
+# Log lines as the agent meets them, for property tests on both sides of the stream: the
+# agent packs them (tests/agent/test_records.py), the consumer unpacks them
+# (tests/consumers/test_decode.py).
+ips = st.ip_addresses().map(str)
+combined_lines = st.builds(
+    lambda ip, path: f'{ip} - - [22/Feb/2023:03:38:18 +0000] "GET {path} HTTP/1.1" 200 5'.encode(),
+    ips,
+    st.sampled_from(["/cafe", "/cafe/menu.php", "/cafe/processOrder.php"]),
+)
+lab_json_lines = st.builds(
+    lambda ip: f'{{"time": "2023-02-22 03:38:18", "remoteIP": "{ip}"}}'.encode(), ips
+)
+junk_lines = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"\t"))
 
 
 def even_map(n: int, prefix: str = "shardId-") -> ShardMap:

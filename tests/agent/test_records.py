@@ -22,22 +22,18 @@ from agent.records import (
     unpack,
 )
 from agent.shardmap import ShardMap, hash_key
-from tests.agent.support import deaggregate, even_map
+from tests.agent.support import (
+    combined_lines,
+    deaggregate,
+    even_map,
+    junk_lines,
+    lab_json_lines,
+)
 
 FILE = FileIdentity(device=1, inode=2, fingerprint="f1e2d3c4b5a69788")
 
-ips = st.ip_addresses().map(str)
-combined = st.builds(
-    lambda ip, path: f'{ip} - - [22/Feb/2023:03:38:18 +0000] "GET {path} HTTP/1.1" 200 5'.encode(),
-    ips,
-    st.sampled_from(["/cafe", "/cafe/menu.php", "/cafe/processOrder.php"]),
-)
-lab_json = st.builds(
-    lambda ip: f'{{"time": "2023-02-22 03:38:18", "remoteIP": "{ip}"}}'.encode(), ips
-)
-junk = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"\t"))
 big = st.integers(min_value=60_000, max_value=70_000).map(lambda n: b"9.9.9.9 " + b"\xff\t" * n)
-any_line = st.one_of(combined, combined, lab_json, junk, big)
+any_line = st.one_of(combined_lines, combined_lines, lab_json_lines, junk_lines, big)
 
 
 def drain(builder: RecordBuilder) -> list[OutRecord]:

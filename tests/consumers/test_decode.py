@@ -26,19 +26,11 @@ from consumers.decode import (
     synthetic_event_id,
 )
 from consumers.models import UserRecord
-from tests.agent.support import even_map
+from tests.agent.support import combined_lines, even_map, junk_lines, lab_json_lines
 
 FILE = FileIdentity(device=1, inode=2, fingerprint="f1e2d3c4b5a69788f1e2d3c4b5a69788")
 
-ips = st.ip_addresses().map(str)
-combined = st.builds(
-    lambda ip, path: f'{ip} - - [22/Feb/2023:03:38:18 +0000] "GET {path} HTTP/1.1" 200 5'.encode(),
-    ips,
-    st.sampled_from(["/cafe", "/cafe/menu.php", "/cafe/processOrder.php"]),
-)
-# No NUL: agent.client_ip.normalise_ip raises ValueError on one (582c405, reported to its owner).
-junk = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"\t").replace(b"\0", b" "))
-any_line = st.one_of(combined, combined, junk)
+any_line = st.one_of(combined_lines, combined_lines, lab_json_lines, junk_lines)
 
 
 def library_user_records(data: bytes) -> list[tuple[int, bytes]]:
@@ -190,7 +182,9 @@ def test_foreign_sub_records_get_their_own_synthetic_ids() -> None:
     ]
 
 
-@given(st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), st.integers(0, 2**63), junk)
+@given(
+    st.text(alphabet="0123456789abcdef", min_size=1, max_size=40), st.integers(0, 2**63), junk_lines
+)
 def test_split_envelope_agrees_with_the_agent_envelope(fp: str, offset: int, line: bytes) -> None:
     payload = encode_payload(event_id(fp, offset), line)
     assert split_envelope(payload) == decode_payload(payload)
