@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     )
     archive_prefix: str = Field("", max_length=200, description="key prefix of the S3 archive")
 
+    # Service (`clickstream serve`: the FastAPI app running the consumer; see service/app.py).
+    serve_host: str = Field("127.0.0.1", min_length=1, description="address uvicorn listens on")
+    serve_port: int = Field(8000, ge=0, le=65535, description="port of the service (0: any free)")
+    ready_fetch_seconds: float = Field(
+        30.0, gt=0, le=3600, description="/readyz fails when a held shard was not read this long"
+    )
+    ready_sink_seconds: float = Field(
+        120.0, gt=0, le=86_400, description="/readyz fails when a sink has failed this long"
+    )
+    push_seconds: float = Field(
+        2.0, gt=0, le=300, description="how often /api/stream pushes the summary"
+    )
+
     @field_validator("archive_ip_key")
     @classmethod
     def _ip_key_length(cls, value: str | None) -> str | None:
