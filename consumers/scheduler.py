@@ -196,6 +196,11 @@ class ConsumerWorker:
     def millis_behind_latest(self) -> int:
         return max((p.stats.millis_behind_latest or 0 for p in self.processors.values()), default=0)
 
+    @property
+    def is_running(self) -> bool:
+        """Started and its lease/discovery task still alive: the service's liveness answer."""
+        return self._coordinator is not None and not self._coordinator.done()
+
     def _top_cities(self) -> Collection[CityKey]:
         """The cities with their own CloudWatch series: the last 24 h's top N, refreshed at
         most every few seconds (a summary of every shard costs milliseconds, a commit is more
