@@ -243,6 +243,26 @@ class LeaseTable:
         """Give up a lease we own (shutdown): the row stays, unowned, for anyone to take."""
         return await self._update(lease, "SET leaseCounter = :next REMOVE leaseOwner", {})
 
+    async def steal(self, lease: Lease) -> Lease:
+        """Take a live lease from its owner (fair-share rebalancing, `consumers.coordinator`).
+
+        A `take` that also requires the row to still name the owner the caller saw, so a
+        steal never lands on a lease that changed hands (or was evicted) since the snapshot it
+        was decided on. The victim learns of it when its next renew or checkpoint fails.
+        """
+        if lease.lease_owner is None or lease.lease_owner == self.owner:
+            raise ValueError(f"{lease.lease_key}: steal needs a lease another worker owns")
+        return await self._update(
+            lease,
+            "SET leaseOwner = :me, leaseCounter = :next, ownerSwitchesSinceCheckpoint = :switches",
+            {
+                ":switches": {"N": str(lease.owner_switches_since_checkpoint + 1)},
+                ":victim": {"S": lease.lease_owner},
+            },
+            require_owner=False,
+            also_require="leaseOwner = :victim",
+        )
+
     # ---- checkpoints --------------------------------------------------------------------------
 
     async def checkpoint(
@@ -305,10 +325,14 @@ class LeaseTable:
         values: dict[str, Any],
         *,
         require_owner: bool = True,
+        also_require: str | None = None,
     ) -> Lease:
         """One conditional UpdateItem: the counter is still the caller's (and, unless taking, the
-        owner is us); the counter goes up by one. Returns the row as written."""
+        owner is us; and `also_require`, if given); the counter goes up by one. Returns the row
+        as written."""
         condition = "leaseCounter = :expected"
+        if also_require:
+            condition += f" AND {also_require}"
         values = {
             **values,
             ":expected": {"N": str(lease.lease_counter)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,6 +155,28 @@ async def test_evict_leaves_an_unowned_row_with_its_checkpoint(table: LeaseTable
     assert lease.lease_owner is None and lease.checkpoint == Checkpoint(SEQ_1, 1)
     again = await table.take(lease)  # after a restart, the same worker takes it back
     assert again.lease_owner == "worker-a"
+
+
+async def test_steal_needs_the_owner_and_counter_it_was_decided_on(
+    table: LeaseTable, dynamodb: Any
+) -> None:
+    await table.create_lease("shardId-0")
+    other = LeaseTable(dynamodb, TABLE, owner="worker-b")
+    theirs = await other.take(await _get(table, "shardId-0"))
+    with pytest.raises(ValueError):
+        await other.steal(theirs)  # one's own lease is renewed, not stolen
+    stolen = await table.steal(theirs)
+    assert (stolen.lease_owner, stolen.lease_counter) == ("worker-a", theirs.lease_counter + 1)
+    assert stolen.owner_switches_since_checkpoint == theirs.owner_switches_since_checkpoint + 1
+    with pytest.raises(LeaseLostError):
+        await other.renew(theirs)  # the victim learns on its next write
+    # Evicted since the snapshot, with the same counter it was decided on plus one: no steal.
+    evicted = await table.evict(stolen)
+    with pytest.raises(LeaseLostError):
+        await other.steal(dataclasses.replace(evicted, lease_owner="worker-a"))
+    with pytest.raises(ValueError):
+        await other.steal(evicted)  # unowned: that is a take
+    assert (await _get(table, "shardId-0")).lease_owner is None
 
 
 async def test_list_leases_reads_every_row(table: LeaseTable) -> None:
