@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("service.cli.agent", "tail an access log (path or glob) into the Kinesis stream"),
     "consume": ("service.cli.consume", "consume the stream: counters, S3 archive, CloudWatch"),
     "demo": ("service.cli.demo", "run the whole pipeline locally on simulated traffic"),
+    "cost": ("service.cli.cost", "estimate the monthly and yearly AWS cost for a given traffic"),
 }
 
 log = logging.getLogger("clickstream")
