@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "geoip": ("service.cli.geoip", "show or build the geolocation database"),
     "agent": ("service.cli.agent", "tail an access log (path or glob) into the Kinesis stream"),
     "consume": ("service.cli.consume", "consume the stream: counters, S3 archive, CloudWatch"),
+    "serve": ("service.cli.serve", "run the service: consumer, health, metrics, API, dashboard"),
     "demo": ("service.cli.demo", "run the whole pipeline locally on simulated traffic"),
     "cost": ("service.cli.cost", "estimate the monthly and yearly AWS cost for a given traffic"),
 }

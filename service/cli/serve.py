@@ -1,0 +1,97 @@
+"""`clickstream serve`: the always-on service (the ECS container's command).
+
+uvicorn serves `service.app`; the app's lifespan runs the consumer worker on its own thread.
+SIGTERM (ECS stop) or SIGINT: open event streams end at once, uvicorn stops taking requests,
+then the lifespan stops the consumer (drain, commit every shard, evict the leases, within its
+25 s) and the process exits 0, inside ECS's 30 s stopTimeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Final
+
+import uvicorn
+
+from service.app import ServiceState, create_app
+from service.cli.arguments import port
+from service.local_stack import use_local_stack_if_running
+from service.process_tuning import tune_garbage_collector
+from service.settings import Settings
+
+HELP = "run the service: consumer worker, health, metrics, API and live dashboard"
+
+SWITCH_INTERVAL_S: Final = 0.001
+"""The consumer's thread hands the GIL over at least this often, so a request waiting for it
+waits a millisecond, not Python's default 5 ms, a few times per request."""
+URL_PREFIX: Final = "SERVICE_URL="
+GRACEFUL_HTTP_S: Final = 2.0
+"""Requests in flight at shutdown get this long before their connections are closed."""
+
+log = logging.getLogger("clickstream.serve")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        f"{HELP}. GET /healthz, /readyz, /metrics, /api/summary, /api/stream and the dashboard "
+        "at /. SIGTERM drains and checkpoints the consumer, then exits 0."
+    )
+    parser.epilog = (
+        "Defaults come from the settings: CLICKSTREAM_SERVE_HOST, CLICKSTREAM_SERVE_PORT, "
+        "CLICKSTREAM_READY_FETCH_SECONDS, CLICKSTREAM_READY_SINK_SECONDS, "
+        "CLICKSTREAM_PUSH_SECONDS, and the consumer's (see clickstream consume --help)."
+    )
+    parser.add_argument("--host", metavar="ADDR", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=port, metavar="P", help="listen port (default 8000)")
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="publish nothing to CloudWatch (archive only)"
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the app's event streams when told to exit: otherwise
+    it would wait for every open dashboard to disconnect before stopping the consumer."""
+
+    def __init__(self, config: uvicorn.Config, state: Any) -> None:
+        super().__init__(config)
+        self._app_state = state
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers:
+            host, bound_port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            # One line that scripts (the demo, tests) read, like local-aws's endpoint line.
+            print(f"{URL_PREFIX}http://{shown}:{bound_port}/", flush=True)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        service: ServiceState | None = getattr(self._app_state, "service", None)
+        if service is not None:
+            service.begin_draining()
+        super().handle_exit(sig, frame)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    use_local_stack_if_running(settings.state_dir)
+    host = args.host or settings.serve_host
+    listen_port = settings.serve_port if args.port is None else args.port
+    app = create_app(settings, cloudwatch=not args.no_metrics)
+    tune_garbage_collector()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=listen_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(GRACEFUL_HTTP_S),
+        loop="asyncio",
+    )
+    server = _Server(config, app.state)
+    server.run()
+    if not server.started:
+        return 1
+    return 0

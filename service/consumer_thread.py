@@ -1,0 +1,249 @@
+"""The consumer worker on an event loop of its own, in a thread beside the web server.
+
+Processing a GetRecords batch is CPU work that does not yield (up to `flush_records` lines,
+tenths of a second). On the web server's loop it would stall every request for that long, and
+`/healthz` must answer in milliseconds while the consumer is busy. So the worker gets its own
+loop in its own thread (GIL switches every millisecond, `clickstream serve` sets that), and the
+web side reaches it in two ways only:
+
+- `call(fn)`: run `fn` on the worker's loop and await its result: anything that reads the
+  counters (a summary), since the state must not be read while a batch is being added;
+- plain reads of whole values (`worker.stats` integers, `CallWatch` records), which are safe
+  across threads in Python.
+
+Starting never gives up: when AWS is unreachable or the stream is missing, the thread keeps
+trying (the service stays up, `/readyz` says why it is not ready), as a container that came up
+before its network should. Stopping is the consumer's own graceful stop (drain, commit, evict),
+bounded by its 25 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+from consumers.client_address import TrustedProxies
+from consumers.counters import FIELD_MASK, ShardState
+from consumers.enrich import Enricher
+from consumers.geo.locator import Location
+from consumers.geo.reloading import ReloadingGeoLocator
+from consumers.scheduler import ConsumerWorker, WorkerConfig
+from consumers.windows import minute_start, window_first_minute, window_minutes
+from service.aws import aws_client
+from service.call_watch import CallWatch
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRY_START_S: Final = 5.0
+STOP_MARGIN_S: Final = 3.0
+"""Time beyond the worker's own stop deadline for closing clients before the thread is left."""
+
+CityName = tuple[str, str, str]
+
+
+class PlaceCoordinates:
+    """A geolocator that remembers where each city it answered lies, for the dashboard's map.
+
+    The counters keep places by name only; the map needs a latitude and a longitude. Wrapping
+    the enricher's locator records them as hits are geolocated (one dictionary look-up a hit),
+    so every city the service has seen this run can be drawn.
+    """
+
+    def __init__(self, inner: ReloadingGeoLocator) -> None:
+        self.inner = inner
+        self.known: dict[CityName, tuple[float, float]] = {}
+
+    def lookup(self, ip: str) -> Location:
+        location = self.inner.lookup(ip)
+        key = (location.city, location.region, location.country)
+        if key not in self.known and location.latitude is not None:
+            self.known[key] = (location.latitude, location.longitude or 0.0)
+        return location
+
+
+class ConsumerThread:
+    """Runs `ConsumerWorker` on its own loop; see the module notes for how to talk to it."""
+
+    def __init__(self, settings: Settings, config: WorkerConfig, *, metrics: bool = True) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics_enabled = metrics
+        self.calls = CallWatch()
+        self.worker: ConsumerWorker | None = None
+        self.geo: ReloadingGeoLocator | None = None
+        self.coordinates: PlaceCoordinates | None = None
+        self.start_error: str | None = None
+        self.geo_error: str | None = None
+        self.stopped_cleanly = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._first_attempt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="consumer", daemon=True)
+
+    # ---- lifecycle (called from the web server's side) ----------------------------------------
+
+    def start(self, wait_s: float = 30.0) -> None:
+        """Start the thread; return after the first start attempt (success or not)."""
+        self._thread.start()
+        self._first_attempt.wait(wait_s)
+
+    def stop(self) -> None:
+        """Graceful stop; blocks until the worker committed and the thread ended (or gave up)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(self.config.stop_timeout_s + STOP_MARGIN_S)
+        if self._thread.is_alive():
+            log.error("the consumer did not stop in time; exiting without it")
+
+    @property
+    def thread_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """The thread lives and the worker's own coordination task too."""
+        worker = self.worker
+        return self._thread.is_alive() and worker is not None and worker.is_running
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the worker's loop, awaited from the caller's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the consumer is not running")
+
+        async def invoke() -> T:
+            return fn()
+
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(invoke(), loop)
+        return await asyncio.wrap_future(future)
+
+    # ---- queries (run on the worker's loop through `call`) ------------------------------------
+
+    def summary(self, window: str, limit: int | None) -> dict[str, Any]:
+        """The counters' summary plus the per-minute trend, map coordinates and pipeline
+        figures the dashboard shows."""
+        worker = self.worker
+        if worker is None:
+            raise RuntimeError("the consumer is not running")
+        states = worker.states()
+        body = worker.summary(window, limit)
+        coordinates = self.coordinates.known if self.coordinates is not None else {}
+        for row in body["cities"]:
+            where = coordinates.get((row["city"], row["region"], row["country"]))
+            row["latitude"], row["longitude"] = where if where else (None, None)
+        body["trend"] = page_views_by_minute(states, window_minutes(window))
+        body["pipeline"] = {
+            "lines_processed": worker.stats.records,
+            "commits": worker.stats.commits,
+            "shards": len(worker.processors),
+            "millis_behind_latest": worker.millis_behind_latest,
+        }
+        return body
+
+    # ---- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            log.exception("the consumer thread failed")
+        finally:
+            self._first_attempt.set()
+            if self.geo is not None:
+                self.geo.close()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as clients:
+            kinesis = await clients.enter_async_context(aws_client("kinesis"))
+            dynamodb = await clients.enter_async_context(aws_client("dynamodb"))
+            s3 = await clients.enter_async_context(aws_client("s3", read_timeout=60))
+            cloudwatch: Any = None
+            if self.metrics_enabled:
+                cloudwatch = await clients.enter_async_context(aws_client("cloudwatch"))
+            for client in (kinesis, dynamodb, s3, cloudwatch):
+                if client is not None:
+                    self.calls.attach(client)
+            while not self._stop.is_set():
+                if await self._try_start(kinesis, dynamodb, s3, cloudwatch):
+                    break
+                self._first_attempt.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), RETRY_START_S)
+            self._first_attempt.set()
+            await self._stop.wait()
+            if self.worker is not None and self.worker.is_running:
+                started = time.monotonic()
+                # Nothing is read after this stop (as in `clickstream consume`), so the open
+                # minutes are published too; a later run adds late hits to the next minute.
+                await self.worker.stop(close_open_minutes=True)
+                self.stopped_cleanly = True
+                log.info("consumer drained and checkpointed in %.1f s", time.monotonic() - started)
+
+    async def _try_start(self, kinesis: Any, dynamodb: Any, s3: Any, cloudwatch: Any) -> bool:
+        if self.coordinates is None:
+            try:
+                self.geo = ReloadingGeoLocator(self.settings.geoip_db)
+            except (OSError, ValueError) as exc:
+                self.geo_error = f"cannot load the geolocation database: {exc}"
+                self.start_error = self.geo_error
+                log.error("%s", self.geo_error)
+                return False
+            self.geo_error = None
+            self.coordinates = PlaceCoordinates(self.geo)
+        proxies = TrustedProxies(
+            p.strip() for p in self.settings.trusted_proxies.split(",") if p.strip()
+        )
+        worker = ConsumerWorker(
+            self.config,
+            kinesis=kinesis,
+            dynamodb=dynamodb,
+            s3=s3,
+            cloudwatch=cloudwatch,
+            lease_table=self.settings.lease_table,
+            enricher=Enricher(self.coordinates, trusted_proxies=proxies),
+        )
+        try:
+            await worker.start()
+        except Exception as exc:
+            self.start_error = f"consumer cannot start: {type(exc).__name__}: {exc}"[:500]
+            log.error("%s; trying again in %.0f s", self.start_error, RETRY_START_S)
+            with contextlib.suppress(Exception):
+                await worker.stop()
+            return False
+        self.worker = worker
+        self.start_error = None
+        log.info("consumer %s reading %s", self.config.worker_id, self.config.stream)
+        return True
+
+
+def page_views_by_minute(states: list[ShardState], span: int) -> list[dict[str, Any]]:
+    """Page views of each minute of the window ending with the newest minute any shard saw,
+    oldest first, zeros included (a chart needs the gaps)."""
+    newest = [s.newest_minute for s in states if s.newest_minute is not None]
+    if not newest:
+        return []
+    end = max(newest)
+    first = window_first_minute(end, span)
+    views = dict.fromkeys(range(first, end + 1), 0)
+    for state in states:
+        for minute, cells in state.buckets.items():
+            if minute in views:
+                views[minute] += sum(cells.values()) & FIELD_MASK
+    return [{"minute": _iso_minute(minute), "page_views": count} for minute, count in views.items()]
+
+
+def _iso_minute(minute: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(minute_start(minute)))
