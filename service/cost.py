@@ -82,7 +82,10 @@ class Workload:
     # Traffic.
     line_bytes: int = 250  # an Apache combined line (the simulator's average: 252 bytes)
     envelope_bytes: int = 50  # event id and KPL framing the agent adds per line
-    archive_bytes_per_hit: int = 90  # one archived event, zstd Parquet, raw line included
+    # Archive objects (measured on simulated traffic, zstd Parquet with the raw line kept): about
+    # 32 bytes a row plus about 11 KB of footer and page headers per object, whatever its size.
+    archive_bytes_per_hit: int = 32
+    archive_bytes_per_object: int = 11_000
     # Kinesis.
     kinesis_mode: Literal["provisioned", "on-demand"] = "provisioned"
     shards: int = 2
@@ -300,7 +303,9 @@ def estimate(w: Workload, prices: PriceTable) -> Estimate:
     s = prices["s3"]
     commits_day = w.shards * commits_per_shard_day(w)
     objects_day = commits_day  # one events object per commit (rejects and hour edges: rare)
-    archive_day = w.hits_per_day * w.archive_bytes_per_hit
+    archive_day = (
+        w.hits_per_day * w.archive_bytes_per_hit + objects_day * w.archive_bytes_per_object
+    )
     object_bytes = archive_day / objects_day if objects_day else 0.0
     ia_from = min(w.standard_days, w.retention_days)
     glacier_from = min(w.standard_ia_days, w.retention_days)
@@ -483,7 +488,8 @@ def _assumptions(w: Workload, prices: PriceTable, metrics: int, commits_day: flo
         f"({prices.path}); free tiers not deducted; {prices.hours_per_month:g} hours a month.",
         f"Traffic: {w.hits_per_day:,} log lines a day, evenly spread; {w.line_bytes} bytes a "
         f"line plus {w.envelope_bytes} of envelope on the stream; "
-        f"{w.archive_bytes_per_hit} bytes a line in the Parquet archive.",
+        f"{w.archive_bytes_per_hit} bytes a line plus {w.archive_bytes_per_object:,} per "
+        "object in the Parquet archive.",
         f"Kinesis {w.kinesis_mode}"
         + (f", {w.shards} shards" if w.kinesis_mode == "provisioned" else "")
         + f"; the agent waits at most {w.agent_linger_ms} ms per shard before sending "

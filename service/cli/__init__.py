@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "consume": ("service.cli.consume", "consume the stream: counters, S3 archive, CloudWatch"),
     "serve": ("service.cli.serve", "run the service: consumer, health, metrics, API, dashboard"),
     "demo": ("service.cli.demo", "run the whole pipeline locally on simulated traffic"),
+    "sql": ("service.cli.sql", "run SQL (DuckDB) over the S3 archive of events"),
     "cost": ("service.cli.cost", "estimate the monthly and yearly AWS cost for a given traffic"),
 }
 

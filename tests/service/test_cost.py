@@ -46,10 +46,10 @@ def test_100k_hits_a_day_by_hand() -> None:
     assert monthly(items, "Fargate", "GB-hours") == pytest.approx(730 * 0.004445)
     assert monthly(items, "Fargate", "public IPv4") == pytest.approx(730 * 0.005)
     # S3: 50k lines a shard a day > 1,440 one-minute windows: 2 × 1,440 commits a day, each
-    # 3 PUT-tier requests; objects of 9 MB / 2,880 ≈ 3 KiB stay in Standard all 365 days.
-    assert monthly(items, "S3", "archive in Standard") == pytest.approx(
-        100_000 * 90 * 365 / GIB * 0.023
-    )
+    # 3 PUT-tier requests and one object: 32 B a line + 11,000 B an object = 34.88 MB a day,
+    # objects of ~12 KiB, which stay in Standard all 365 days.
+    daily = 100_000 * 32 + 2880 * 11_000
+    assert monthly(items, "S3", "archive in Standard") == pytest.approx(daily * 365 / GIB * 0.023)
     assert monthly(items, "S3", "PUT/LIST") == pytest.approx(3 * 2880 * DAYS / 1000 * 0.005)
     assert monthly(items, "S3", "GET") == pytest.approx(10 * DAYS * 7 * 2880 * 2 / 1000 * 0.0004)
     assert not [i for i in items if "Standard-IA" in i.item or "Glacier" in i.item]
@@ -66,9 +66,9 @@ def test_100k_hits_a_day_by_hand() -> None:
         2 * (1440 + 8640) * DAYS / 1e6 * 0.625
     )
     assert monthly(items, "DynamoDB", "lease table reads") == pytest.approx(360 * 730 / 1e6 * 0.125)
-    # Athena: 10 queries a day, each reading 7 days × 9 MB (above the 10 MB minimum).
+    # Athena: 10 queries a day, each reading 7 days of it (above the 10 MB minimum).
     assert monthly(items, "Athena", "data scanned") == pytest.approx(
-        10 * DAYS * 7 * 9_000_000 / 1024**4 * 5
+        10 * DAYS * 7 * daily / 1024**4 * 5
     )
 
 
@@ -88,8 +88,9 @@ def test_on_demand_rounds_each_record_up_to_a_kilobyte() -> None:
 def test_large_objects_move_down_the_storage_classes() -> None:
     w = Workload(hits_per_day=20_000_000, flush_seconds=600, retention_days=400, sse="kms")
     items = estimate(w, load_prices()).items
-    # 10M lines a shard a day: max(144 by time, 200 by 50,000 records) = 200 commits a shard.
-    daily = 20_000_000 * 90
+    # 10M lines a shard a day: max(144 by time, 200 by 50,000 records) = 200 commits a shard,
+    # objects of ~1.6 MB, which the lifecycle rule moves.
+    daily = 20_000_000 * 32 + 400 * 11_000
     assert monthly(items, "S3", "archive in Standard (30") == pytest.approx(
         daily * 30 / GIB * 0.023
     )
@@ -121,14 +122,14 @@ def test_cli_prints_the_pinned_breakdown_for_100k(capsys: pytest.CaptureFixture[
     assert rows == {
         "Kinesis": ["$21.94", "$263.31"],
         "Fargate": ["$21.67", "$260.04"],
-        "S3": ["$6.29", "$75.48"],
+        "S3": ["$6.49", "$77.91"],
         "CloudWatch": ["$56.85", "$682.21"],
         "DynamoDB": ["$0.42", "$4.99"],
-        "Athena": ["$0.09", "$1.05"],
-        "total": ["$107.26", "$1,287.08"],
+        "Athena": ["$0.34", "$4.05"],
+        "total": ["$107.71", "$1,292.52"],
     }
     assert "as of 2025-01-15" in out and "us-east-1" in out
-    assert "Archive objects average 3.1 KiB" in out  # the small-object warning
+    assert "Archive objects average 11.8 KiB" in out  # the small-object warning
     assumptions = out.split("Assumptions:")[1].strip().splitlines()
     assert len(assumptions) >= 9 and all(line.startswith("- ") for line in assumptions)
 
