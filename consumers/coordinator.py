@@ -262,7 +262,7 @@ class LeaseCoordinator:
                 leases = await self._scan()
         now = self._clock()
         self._expiry.observe(leases.values(), now)
-        lost = self._notice_lost(leases)
+        lost = self._notice_lost(leases, now)
         plan = plan_takes(leases, self._expiry.expired(now), self.worker_id, self._listed)
         taken = [shard for shard in plan.take if await self._take(leases[shard])]
         stolen = (
@@ -293,16 +293,24 @@ class LeaseCoordinator:
         self.stats.created += len(created)
         return created
 
-    def _notice_lost(self, leases: Mapping[str, Lease]) -> list[str]:
-        """Held leases the table says are someone else's (or gone): lost, without waiting for
-        the next renewal to fail. Our own writes in flight keep the owner, so they never trip
-        this."""
+    def _notice_lost(self, leases: Mapping[str, Lease], now: float) -> list[str]:
+        """Held leases the table says are someone else's (or gone), or past their fence: lost,
+        without waiting for the next renewal. Dropping fenced ones before planning also means
+        we never "take" a lease we still hold (an expired one of ours is always fenced: we saw
+        its counter no earlier than we sent the write that set it). Leases with a write of ours
+        in flight are left to that write."""
         lost = []
         for shard_id, held in list(self._held.items()):
+            if held.lock.locked():
+                continue
             row = leases.get(shard_id)
-            if (row is None or row.lease_owner != self.worker_id) and not held.lock.locked():
+            if row is None or row.lease_owner != self.worker_id:
                 self._drop_lost(shard_id, "the table names another owner")
-                lost.append(shard_id)
+            elif not self._within_fence(held, now):
+                self._drop_lost(shard_id, "renewals failed for too long: fenced")
+            else:
+                continue
+            lost.append(shard_id)
         return lost
 
     async def _take(self, lease: Lease) -> bool:

@@ -7,6 +7,7 @@ the same moment (`assert_disjoint` after every call and every tick of the clock)
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -22,8 +23,6 @@ from consumers.leases import Checkpoint, LeaseLostError, LeaseTable
 from consumers.shard_graph import ShardInfo
 from service.aws import aws_client
 from service.resources import ensure_lease_table
-
-pytestmark = pytest.mark.integration
 
 TABLE = "test-coordinator-leases"
 SEQ = "49590338271490256608559692538361571095921575989136588801"
@@ -128,9 +127,22 @@ def settled(fleet: Fleet, expected: list[int]) -> Any:
     return check
 
 
+def test_config_keeps_renewals_inside_the_fence() -> None:
+    default = CoordinatorConfig()
+    assert default.renew_every_s < default.failover_s - default.margin_s
+    assert default.take_every_s <= default.failover_s
+    with pytest.raises(ValueError):
+        CoordinatorConfig(failover_s=9.0, renew_interval_s=6.0, fencing_margin_s=3.0)
+    with pytest.raises(ValueError):
+        CoordinatorConfig(failover_s=9.0, fencing_margin_s=9.0)
+    with pytest.raises(ValueError):
+        CoordinatorConfig(failover_s=0.0)
+
+
 # ---- one coordinator: take, renew, fence, write, evict -----------------------------------------
 
 
+@pytest.mark.integration
 async def test_discovery_creates_every_listed_shard_once_and_takes_them(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -140,6 +152,7 @@ async def test_discovery_creates_every_listed_shard_once_and_takes_them(
     first = await a.take_round(shards)
     assert first.created == tuple(shard_ids(4)) and first.taken == tuple(shard_ids(4))
     assert a.held == set(shard_ids(4)) and a.stats.taken == 4 and a.stats.held == 4
+    assert a.healthy and not b.healthy  # b has not reached the table yet
     lease = await a.checkpoint(shard_ids(4)[0], SEQ, 3)
     second = await b.take_round(shards)  # the rows exist: nothing created, nothing overwritten
     assert second.created == () and b.stats.created == 0
@@ -147,6 +160,7 @@ async def test_discovery_creates_every_listed_shard_once_and_takes_them(
     assert row is not None and row.checkpoint == Checkpoint(SEQ, 3) == lease.checkpoint
 
 
+@pytest.mark.integration
 async def test_renewals_keep_a_lease_and_others_never_judge_it_expired(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -161,6 +175,7 @@ async def test_renewals_keep_a_lease_and_others_never_judge_it_expired(
     assert a.stats.lost == 0 and b.stats.taken == 0 and b.stats.stolen == 0
 
 
+@pytest.mark.integration
 async def test_a_worker_that_stops_renewing_fences_itself_before_its_lease_is_taken(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -187,6 +202,7 @@ async def test_a_worker_that_stops_renewing_fences_itself_before_its_lease_is_ta
     assert b.stats.taken == 1
 
 
+@pytest.mark.integration
 async def test_a_lease_taken_by_another_is_lost_at_the_next_renewal(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -201,6 +217,7 @@ async def test_a_lease_taken_by_another_is_lost_at_the_next_renewal(
     assert a.held == set() and a.lost == {shard} and a.stats.lost == 1
 
 
+@pytest.mark.integration
 async def test_a_take_round_notices_a_lease_taken_from_us(dynamodb: Any, clock: FakeClock) -> None:
     a = LeaseCoordinator(LeaseTable(dynamodb, TABLE, "a"), CONFIG, clock=clock)
     shard = shard_ids(1)[0]
@@ -213,6 +230,7 @@ async def test_a_take_round_notices_a_lease_taken_from_us(dynamodb: Any, clock: 
     assert result.lost == (shard,) and a.held == set()
 
 
+@pytest.mark.integration
 async def test_checkpoints_and_renewals_share_one_fencing_token(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -237,6 +255,7 @@ async def test_checkpoints_and_renewals_share_one_fencing_token(
         await a.checkpoint(shard, SEQ, 8)  # no longer held
 
 
+@pytest.mark.integration
 async def test_graceful_eviction_hands_leases_over_at_once(dynamodb: Any, clock: FakeClock) -> None:
     fleet = Fleet(dynamodb, clock, flat(4))
     a, b = fleet.add("a"), fleet.add("b")
@@ -252,6 +271,7 @@ async def test_graceful_eviction_hands_leases_over_at_once(dynamodb: Any, clock:
     assert row is not None and row.checkpoint == Checkpoint(SEQ, 1)
 
 
+@pytest.mark.integration
 async def test_children_are_taken_only_after_every_parent_reached_shard_end(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -276,6 +296,7 @@ async def test_children_are_taken_only_after_every_parent_reached_shard_end(
 # ---- a fleet on 8 shards -----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_three_workers_split_8_shards_3_3_2_then_survive_a_crash_and_a_newcomer(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -309,6 +330,7 @@ async def test_three_workers_split_8_shards_3_3_2_then_survive_a_crash_and_a_new
     assert sorted(fleet.held_counts().values(), reverse=True) == [3, 3, 2]
 
 
+@pytest.mark.integration
 async def test_a_fourth_worker_gets_its_fair_share_by_stealing(
     dynamodb: Any, clock: FakeClock
 ) -> None:
@@ -321,3 +343,45 @@ async def test_a_fourth_worker_gets_its_fair_share_by_stealing(
     assert d.stats.stolen == 2 and len(d.held) == 2
     lost = sum(c.stats.lost for n, c in fleet.workers.items() if n != "d")
     assert lost >= 2  # the victims found out, at a renewal or a scan
+
+
+@pytest.mark.integration
+async def test_a_worker_whose_renewals_stopped_gives_up_then_takes_back_like_anyone(
+    dynamodb: Any, clock: FakeClock
+) -> None:
+    a = LeaseCoordinator(LeaseTable(dynamodb, TABLE, "a"), CONFIG, clock=clock)
+    shard = shard_ids(1)[0]
+    await a.take_round(flat(1))
+    await a.take_round(flat(1))  # its own take, seen now
+    clock.advance(FAILOVER - CONFIG.margin_s)  # no renewals meanwhile (the table was away)
+    result = await a.take_round(flat(1))
+    assert result.lost == (shard,) and result.taken == () and a.held == set()
+    assert not (await a.take_round(flat(1))).taken  # our own row: expired only after failover
+    clock.advance(CONFIG.margin_s + 0.1)
+    assert (await a.take_round(flat(1))).taken == (shard,)
+    assert a.held == {shard} and a.stats.lost == 1 and a.stats.taken == 2
+
+
+@pytest.mark.integration
+async def test_run_takes_and_renews_on_its_own_until_cancelled(dynamodb: Any) -> None:
+    """The loops on the real monotonic clock, with room for a loaded machine."""
+    config = CoordinatorConfig(failover_s=6.0, renew_interval_s=0.2, take_interval_s=0.2)
+    a = LeaseCoordinator(LeaseTable(dynamodb, TABLE, "a"), config)
+
+    async def list_shards() -> dict[str, ShardInfo]:
+        return flat(3)
+
+    task = asyncio.create_task(a.run(list_shards))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if a.held == set(shard_ids(3)) and a.stats.renewals >= 3:
+                break
+        assert a.held == set(shard_ids(3)) and a.stats.renewals >= 3 and a.healthy
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await a.evict_all() == 3
+    rows = await a.table.list_leases()
+    assert [row.lease_owner for row in rows] == [None] * 3
