@@ -385,3 +385,26 @@ async def test_run_takes_and_renews_on_its_own_until_cancelled(dynamodb: Any) ->
     assert await a.evict_all() == 3
     rows = await a.table.list_leases()
     assert [row.lease_owner for row in rows] == [None] * 3
+
+
+@pytest.mark.integration
+async def test_a_stolen_lease_is_written_by_nobody_until_the_victims_fence_has_passed(
+    dynamodb: Any, clock: FakeClock
+) -> None:
+    fleet = Fleet(dynamodb, clock, flat(2))
+    a, b = fleet.add("a"), fleet.add("b")
+    await a.take_round(fleet.shards)
+    result = await b.take_round(fleet.shards)
+    stolen = result.stolen[0]
+    assert result.plan.victim == "a" and b.pending == {stolen} and b.held == set()
+    with pytest.raises(LeaseLostError):
+        await b.checkpoint(stolen, SEQ, 0)  # not yet: the victim may still be working on it
+    assert b.owned == {stolen}  # refused, not lost
+    fleet.assert_disjoint()
+    with pytest.raises(LeaseLostError):
+        await a.checkpoint(stolen, SEQ, 0)  # the victim's next write finds out
+    assert a.lost == {stolen} and a.held == {s for s in shard_ids(2) if s != stolen}
+    for _ in range(int(FAILOVER)):
+        await fleet.step()
+    assert b.held == {stolen} and b.pending == set()
+    assert (await b.checkpoint(stolen, SEQ, 0)).checkpoint == Checkpoint(SEQ, 0)
