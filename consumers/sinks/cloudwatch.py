@@ -30,6 +30,10 @@ checkpointed state snapshot. This sink never holds the only copy of anything tha
 5. When a shard's lease is lost, the processor calls `forget(shard)`: the new owner publishes
    from the snapshot, so this worker must not send the same minutes as well.
 
+6. Cancelling a flush (the worker stops the publish loop before its final flush) never sends
+   a call twice: a PutMetricData in flight is shielded and remembered, and the next `flush()`
+   waits for its answer before deciding whether those data are still to be sent.
+
 The archive flush and the checkpoint never await this sink; only the publish loop does. It is
 therefore not a `CheckpointedSink`.
 
@@ -205,6 +209,9 @@ class CloudWatchSink:
         self._outstanding: dict[str, deque[list[int]]] = {}
         """Per source, [cursor, data not yet accepted] for each held batch, oldest first."""
         self._lock = asyncio.Lock()
+        self._orphan: tuple[asyncio.Future[Any], list[_Entry]] | None = None
+        """A PutMetricData whose caller was cancelled (shutdown) while it was in flight: it may
+        still land, so its data must not be sent again before its outcome is known."""
         self.stats = PublishStats()
 
     # ------------------------------------------------------------------ hand-over
@@ -258,6 +265,10 @@ class CloudWatchSink:
         self._outstanding.pop(source, None)
         return dropped
 
+    def held_through(self, source: str) -> int | None:
+        """The newest cursor of `source` taken by `add` (queued, in flight or acknowledged)."""
+        return self._held_through.get(source)
+
     def acknowledged(self, source: str) -> int | None:
         """The newest cursor of `source` whose data, and all before it, reached CloudWatch."""
         return self._acknowledged.get(source)
@@ -290,7 +301,8 @@ class CloudWatchSink:
         """Send what is queued, oldest first; stop at a call that keeps failing. Never raises
         for CloudWatch's sake: the rest stays queued for the next cycle."""
         async with self._lock:
-            sent = calls = failed = expired = invalid = 0
+            sent = await self._settle_orphan()
+            calls = failed = expired = invalid = 0
             limit = MAX_DATA_PER_CALL
             while self._queue:
                 expired += self._drop_expired()
@@ -320,6 +332,22 @@ class CloudWatchSink:
             self.stats.sent += sent
             self.stats.calls += calls
             return PublishResult(sent, calls, failed, expired, len(self._queue), invalid)
+
+    async def _settle_orphan(self) -> int:
+        """Wait for the call a cancelled flush left in flight; its data leave the queue only if
+        it succeeded. Returns how many data it sent."""
+        if self._orphan is None:
+            return 0
+        call, chunk = self._orphan
+        try:
+            await call
+        except Exception:  # not stored: the data are still queued, and go out again
+            return 0
+        finally:
+            self._orphan = None
+        self._remove_sent(chunk)
+        self._settle(chunk)
+        return len(chunk)
 
     def _drop_expired(self) -> int:
         oldest_allowed = self._clock() - MAX_AGE_S
@@ -351,9 +379,17 @@ class CloudWatchSink:
     async def _put(self, chunk: Sequence[_Entry]) -> _Outcome:
         data = [entry.datum.to_api() for entry in chunk]
         for attempt in range(1, self.max_attempts + 1):
+            call = asyncio.ensure_future(
+                self._cloudwatch.put_metric_data(Namespace=self.namespace, MetricData=data)
+            )
             try:
-                await self._cloudwatch.put_metric_data(Namespace=self.namespace, MetricData=data)
+                # Shielded: cancelling the publisher (shutdown) must not forget a call that
+                # may land; the next flush waits for it instead of sending its data twice.
+                await asyncio.shield(call)
                 return _Outcome.SENT
+            except asyncio.CancelledError:
+                self._orphan = (call, list(chunk))
+                raise
             except ClientError as error:
                 if _refuses_the_data(error):
                     return _Outcome.INVALID

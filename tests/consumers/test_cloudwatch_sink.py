@@ -404,3 +404,30 @@ async def test_forgetting_a_source_while_its_data_are_in_flight(cloudwatch: Any)
     result = await sink.flush()
     assert (result.sent, result.queued) == (3, 0)  # the call was already on its way
     assert sink.acknowledged("b") == 1 and sink.acknowledged("a") is None
+
+
+@pytest.mark.integration
+async def test_a_call_in_flight_when_publishing_is_cancelled_is_not_sent_twice(
+    cloudwatch: Any,
+) -> None:
+    """Shutdown cancels the publish loop; a PutMetricData that CloudWatch already stored must
+    not go out again with the final flush (CloudWatch would sum it twice)."""
+    landed = asyncio.Event()
+
+    async def slow_response(**_: Any) -> None:
+        landed.set()  # CloudWatch has the data; the answer is on its way back
+        await asyncio.sleep(0.3)
+
+    cloudwatch.meta.events.register("after-call.monitoring.PutMetricData", slow_response)
+    sink = CloudWatchSink(cloudwatch, NAMESPACE)
+    sink.add([batch("shard-0", 1, 7.0)])
+    publishing = asyncio.create_task(sink.run(interval_s=60))
+    await asyncio.wait_for(landed.wait(), 10)
+    publishing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await publishing
+    result = await sink.flush()  # the worker's final flush after stopping the loop
+    assert (result.sent, result.queued) == (1, 0)
+    assert sink.acknowledged("shard-0") == 1
+    when = minute_ago(200 - 1)
+    assert await values_by_time(cloudwatch, names.PAGE_VIEWS, when, when) == {at(when): 7.0}
