@@ -255,4 +255,5 @@ class ShardCommitter:
                 if increments:
                     top = self._top_cities()
                     taken = self._metrics.add(metric_batches(self.shard_id, increments, top))
+                state.mark_handed(self._metrics.held_through(self.shard_id))
             return CommitResult(position, archived, taken, key, time.perf_counter() - started)

@@ -48,23 +48,19 @@ the number of distinct visitors who reached the stage in it, the very number `/a
 the simulator's ground truth report; per-session increments would count a returning visitor
 once per session. Increments are kept per minute until published; the minute
 through which they were published (`published_through`) is snapshotted, so a restart neither
-repeats nor loses them. A late hit whose minute was already published adds to the oldest
-unpublished minute instead, so it is published once, a little late.
+repeats nor loses them. A late hit whose minute was already handed to the metrics sink (or
+published) adds to the first minute after it instead, so it is published once, a little late.
 
-The one gap is a crash between PutMetricData succeeding and the snapshot that carries the
-advanced cursor becoming durable: those minutes are published again after the restart. The
-checkpoint step should therefore publish, `mark_published`, then write the snapshot and the
-checkpoint at once, keeping that window a single S3 PUT wide. (Advancing the cursor before
-publishing would turn the rare repeat into a rare loss; the API's counts are exact either way.)
+A crash between PutMetricData succeeding and the next snapshot (which carries the advanced
+cursor) would publish those minutes again after the restart; `consumers.checkpoint` closes that
+gap with a marker per published minute, read back at restore.
 
 Limits
 ------
 - Sessions assume a visitor's hits arrive roughly in order (one IP -> one shard -> the agent
   reads files oldest first); a hit older than the visitor's last one joins its current session.
-- After a reshard, a parent shard's visitors live in the parent's state and their later hits in
-  a child's, so a visitor active across the split counts in both until the parent's buckets
-  leave the window. Folding a finished parent into its children needs each visitor's Kinesis
-  hash key (MD5 of the IP), which the table does not keep yet.
+- After a reshard, a child shard's state starts with its parents' visitors of its hash-key
+  range (`consumers.lineage`), so a visitor active across the split counts once.
 """
 
 from __future__ import annotations
@@ -76,7 +72,15 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 from consumers.models import EnrichedHit
-from consumers.sessions import MENU, PURCHASE, VISIT, BotRule, VisitorTable, visitor_hash
+from consumers.sessions import (
+    MENU,
+    PURCHASE,
+    VISIT,
+    BotRule,
+    VisitorTable,
+    route_key,
+    visitor_hash,
+)
 from consumers.windows import (
     LONGEST_WINDOW_MINUTES,
     WINDOW_MINUTES,
@@ -235,6 +239,9 @@ class ShardState:
     """minute -> place -> packed (page views, first-in-session visit, menu, purchase)."""
     rejected_increments: dict[int, int] = field(default_factory=dict)
     published_through: int | None = None
+    handed_through: int | None = field(default=None, compare=False)
+    """Newest minute handed to this process's metrics sink (not yet necessarily published).
+    Not snapshotted: a restored state's sink has been handed nothing."""
     high_water: tuple[int, int] | None = None
     stats: ShardStats = field(default_factory=ShardStats)
     place_ids: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
@@ -323,7 +330,7 @@ class ShardState:
                     visitors.touch(slot, event_time)
             return
         if slot is None:
-            slot = visitors.add(key, self._intern(hit), event_time)
+            slot = visitors.add(key, self._intern(hit), event_time, route_key(hit.hit.client_ip))
         if not visitors.page_view(slot, event_time, self.bot_rule):
             self.stats.behaviour_bot_views += 1
             return
@@ -337,6 +344,44 @@ class ShardState:
         elif stage == "purchase":
             self._seen(slot, PURCHASE, minute, place)
 
+    def start_at(self, event_time: int) -> None:
+        """Set the event time of a state that has counted nothing yet (a child shard's, whose
+        parents reached `event_time`), so its windows line up with theirs."""
+        if self.newest_time is not None:
+            raise ValueError(f"shard {self.shard_id} has already counted events")
+        self.newest_time = event_time
+        self._refresh_window_starts()
+
+    def intern_place(self, place: PlaceKey) -> int:
+        """The index of a place (city, region, country, continent), added when new."""
+        index = self.place_index.get(place[:3])
+        if index is None:
+            index = self.place_index[place[:3]] = len(self.places)
+            self.place_ids.append(index)
+            self.places.append(place)
+        return index
+
+    def recount_visitor(self, slot: int, sign: int) -> None:
+        """Add (`sign` 1) or take away (-1) a visitor's last-seen units in the buckets and the
+        running window sums, where `_seen` puts them: how a visitor moves between the states of
+        a parent and a child shard (`consumers.lineage`)."""
+        starts = self.window_starts
+        if not starts:
+            return
+        oldest_kept = starts[-1][0]
+        place = self.place_ids[self.visitors.place[slot]]
+        for stage, unit in enumerate(_STAGE_UNITS):
+            minute = self.visitors.last_seen(stage)[slot]
+            if minute < oldest_kept:  # NEVER (-1) included
+                continue
+            cells = self.buckets.setdefault(minute, {})
+            _add_cell(cells, place, sign * unit)
+            if not cells:
+                del self.buckets[minute]
+            for first, sums in starts:
+                if minute >= first:
+                    _add_cell(sums, place, sign * unit)
+
     def _intern(self, hit: EnrichedHit) -> int:
         location = hit.location
         name = (location.city, location.region, location.country)
@@ -348,7 +393,12 @@ class ShardState:
         return place
 
     def _increment_minute(self, minute: int) -> int:
-        published = self.published_through
+        """Where an increment for `minute` goes: its own minute, unless that minute was already
+        handed to the metrics sink (whose batch is then fixed, and will be marked published
+        whole); then the first minute after what was handed, so it is published once, later."""
+        published, handed = self.published_through, self.handed_through
+        if handed is not None and (published is None or handed > published):
+            published = handed
         return minute if published is None or minute > published else published + 1
 
     def _page_view(self, minute: int, place: int) -> None:
@@ -479,6 +529,14 @@ class ShardState:
             )
             for minute in minutes
         ]
+
+    def mark_handed(self, through_minute: int | None) -> None:
+        """The metrics sink holds this shard's minutes through `through_minute`: later
+        increments for them go to a later minute (`_increment_minute`)."""
+        if through_minute is not None and (
+            self.handed_through is None or through_minute > self.handed_through
+        ):
+            self.handed_through = through_minute
 
     def mark_published(self, through_minute: int) -> None:
         """Increments through `through_minute` reached CloudWatch; the cursor goes into the next

@@ -35,6 +35,7 @@ from consumers.checkpoint import CommitPolicy, MinuteAtomicSink
 from consumers.counters import CityKey, ShardState, summarize, top_cities
 from consumers.enrich import Enricher
 from consumers.leases import SHARD_END, Checkpoint, Lease, LeaseError, LeaseLostError, LeaseTable
+from consumers.lineage import parse_hash_range, release
 from consumers.processor import ShardProcessor
 from consumers.reader import ReadBatch, ShardEnded, ShardReader
 from consumers.shard_graph import ShardInfo, readable_shards, shard_infos
@@ -110,6 +111,8 @@ class ConsumerWorker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.ended: dict[str, ShardState] = {}
         """Shards read to their end: their state still counts in the windows."""
+        self._handed_over: set[tuple[str, str]] = set()
+        """(parent, child) pairs whose visitors left the parent's state in `ended`."""
         self._ended_missing: set[str] = set()
         self._stopping = asyncio.Event()
         self._coordinator: asyncio.Task[None] | None = None
@@ -244,6 +247,9 @@ class ConsumerWorker:
         at_end = {key for key, lease in leases.items() if lease.checkpoint.is_shard_end}
         for shard_id in sorted(at_end - self.ended.keys() - self._ended_missing):
             await self._restore_ended(shard_id)
+        for shard_id in [*self.ended, *(s for s, p in self.processors.items() if p.initialized)]:
+            if shard_id in leases:
+                self._hand_over(leases[shard_id])
         for shard_id in readable_shards(shards, at_end):
             if shard_id in self._tasks or self._stopping.is_set() or shard_id not in leases:
                 continue
@@ -257,6 +263,21 @@ class ConsumerWorker:
                 self._run_shard(processor), name=f"consume:{shard_id}"
             )
 
+    def _hand_over(self, child: Lease) -> None:
+        """The child's state (inherited or restored) holds its parents' visitors of its range,
+        so the parents' states in `ended` let go of them (`consumers.lineage`): each visitor
+        counts in exactly one state of the summary."""
+        hash_range = parse_hash_range(child.starting_hash_key, child.ending_hash_key)
+        if hash_range is None:
+            return
+        for parent_id in sorted(child.parent_shard_ids):
+            parent = self.ended.get(parent_id)
+            if parent is None or (parent_id, child.lease_key) in self._handed_over:
+                continue
+            moved = release(parent, hash_range)
+            self._handed_over.add((parent_id, child.lease_key))
+            log.info("%s handed %d visitors over to %s", parent_id, moved, child.lease_key)
+
     async def _restore_ended(self, shard_id: str) -> None:
         try:
             state = await self.snapshots.load(shard_id, _SHARD_END)
@@ -266,6 +287,7 @@ class ConsumerWorker:
             return
         if state is not None:
             self.ended[shard_id] = state
+            self._handed_over = {pair for pair in self._handed_over if pair[0] != shard_id}
 
     async def _list_shards(self) -> dict[str, ShardInfo]:
         shards: list[dict[str, Any]] = []
@@ -314,6 +336,7 @@ class ConsumerWorker:
 
     async def _run_shard(self, processor: ShardProcessor) -> None:
         start = await processor.initialize()
+        self._hand_over(processor.lease)
         reader = ShardReader(
             self._kinesis,
             self.config.stream,

@@ -1,7 +1,7 @@
 """Per-visitor sessions, funnel progress and behaviour-based bot flagging, for one shard.
 
 A shard may hold a million visitors in a day, so a visitor is not an object: it is a slot in a
-few parallel `array` columns (about 35 bytes a visitor), found through one dict from the
+few parallel `array` columns (about 51 bytes a visitor), found through one dict from the
 visitor key's 64-bit hash to the slot. The columns are what `consumers.state_store` snapshots,
 byte for byte, so a restored table is the very table that was saved (slots, free list and all).
 
@@ -19,7 +19,11 @@ What a slot remembers, and why:
 - `burst_start`, `burst_views`: a tumbling count of page views per `BotRule.within_seconds`, the
   only history the behaviour rule needs;
 - `flags`: live slot, stages reached in the current session (the session's funnel), static
-  asset ever loaded, behaviour bot.
+  asset ever loaded, behaviour bot;
+- `route_high`, `route_low`: the 128-bit Kinesis hash key of the visitor's partition key (MD5 of
+  the logged client IP, as the agent keys its records): which shard the visitor's hits go to.
+  After a reshard a child shard takes over exactly the visitors of its hash-key range from its
+  parents (`consumers.lineage`), so a visitor active across the split counts once.
 
 Behaviour bots: a visitor that has never loaded a static asset and makes `min_page_views` page
 views within `within_seconds` is flagged. Flagging is forward-only: the page view that trips the
@@ -59,6 +63,15 @@ BEHAVIOUR_BOT: Final = 32
 _MAX_BURST_VIEWS: Final = 0xFFFF
 
 
+def route_key(partition_key: str) -> int:
+    """The Kinesis hash key of a partition key: MD5 of its UTF-8 bytes as a 128-bit unsigned
+    big-endian integer (what PutRecords uses to pick the shard)."""
+    return int.from_bytes(
+        hashlib.md5(partition_key.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest(),
+        "big",
+    )
+
+
 def visitor_hash(visitor: str) -> int:
     """A stable 64-bit key for a visitor: `hash()` is salted per process, so it would not
     survive a snapshot and a restart; blake2b is stable and costs well under a microsecond."""
@@ -91,7 +104,10 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("burst_start", "q"),
     ("burst_views", "H"),
     ("flags", "B"),
+    ("route_high", "Q"),
+    ("route_low", "Q"),
 )
+_LOW64: Final = (1 << 64) - 1
 
 
 class VisitorTable:
@@ -109,6 +125,8 @@ class VisitorTable:
         "last_time",
         "last_visit",
         "place",
+        "route_high",
+        "route_low",
         "sweep_cursor",
     )
 
@@ -122,6 +140,8 @@ class VisitorTable:
         self.burst_start = array("q")
         self.burst_views = array("H")
         self.flags = array("B")
+        self.route_high = array("Q")
+        self.route_low = array("Q")
         self.index: dict[int, int] = {}
         self.free = array("I")
         self.sweep_cursor = 0
@@ -135,8 +155,10 @@ class VisitorTable:
     def slot_of(self, key: int) -> int | None:
         return self.index.get(key)
 
-    def add(self, key: int, place: int, event_time: int) -> int:
-        """A new visitor at its first page view; reuses a slot freed by `sweep`."""
+    def add(self, key: int, place: int, event_time: int, route: int = 0) -> int:
+        """A new visitor at its first page view (`route`: its `route_key`); reuses a slot freed
+        by `sweep`."""
+        high, low = route >> 64, route & _LOW64
         if self.free:
             slot = self.free.pop()
             self.keys[slot] = key
@@ -148,6 +170,8 @@ class VisitorTable:
             self.burst_start[slot] = event_time
             self.burst_views[slot] = 0
             self.flags[slot] = LIVE
+            self.route_high[slot] = high
+            self.route_low[slot] = low
         else:
             slot = len(self.keys)
             self.keys.append(key)
@@ -159,8 +183,19 @@ class VisitorTable:
             self.burst_start.append(event_time)
             self.burst_views.append(0)
             self.flags.append(LIVE)
+            self.route_high.append(high)
+            self.route_low.append(low)
         self.index[key] = slot
         return slot
+
+    def route(self, slot: int) -> int:
+        return (self.route_high[slot] << 64) | self.route_low[slot]
+
+    def remove(self, slot: int) -> None:
+        """Forget a live visitor (handed over to a child shard); its slot is reused."""
+        self.flags[slot] = 0
+        del self.index[self.keys[slot]]
+        self.free.append(slot)
 
     def touch(self, slot: int, event_time: int) -> None:
         """Any hit of a known visitor (a static file, a 404) keeps its session alive."""

@@ -7,7 +7,7 @@ sweep cursor, buckets, running window sums, increments, publish cursor, high-wat
 restore + replay of the records after the checkpoint ends exactly where an uninterrupted run
 ends, and snapshotting the two gives the same bytes.
 
-Layout (version 1)::
+Layout (version 2: the visitor columns gained the route key)::
 
     b"CLKSTATE" | u16 version | zlib(frames)
     frames = frame*, frame = u64 length (little endian) | payload
@@ -36,7 +36,7 @@ from consumers.sessions import COLUMNS, BotRule, VisitorTable
 from consumers.windows import Lateness
 
 MAGIC: Final = b"CLKSTATE"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 _HEADER: Final = struct.Struct("<8sH")
 _LENGTH: Final = struct.Struct("<Q")
 _LOW64: Final = (1 << 64) - 1

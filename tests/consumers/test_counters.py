@@ -229,6 +229,21 @@ def test_pending_increments_only_for_closed_minutes_and_cursor() -> None:
     assert totals(state)["visitors"] == 5  # and the API counts it in its own minute
 
 
+def test_a_late_hit_for_a_minute_handed_to_the_sink_moves_past_it() -> None:
+    """Handed minutes are fixed batches in the sink's queue: an increment added to one would be
+    neither sent nor kept (the publication cursor later deletes the minute), so it moves on."""
+    state, feed = ShardState("s", lateness=Lateness(60, 3600)), Feeder()
+    feed(state, hit(T0 + 1), hit(T0 + 61, ip="10.0.0.2"), hit(T0 + 185, ip="10.0.0.3"))
+    handed = state.pending_increments()
+    assert [p.minute for p in handed] == [M0, M0 + 1]
+    state.mark_handed(M0 + 1)  # in the sink's queue, not yet acknowledged
+    feed(state, hit(T0 + 70, ip="10.0.0.4", page="menu"))  # late, for the handed minute M0 + 1
+    state.mark_published(M0 + 1)
+    pending = state.pending_increments(close_all=True)
+    assert [p.minute for p in pending] == [M0 + 2, M0 + 3]
+    assert sum((p.totals for p in pending), Counts(0, 0, 0, 0)) == Counts(2, 2, 1, 0)
+
+
 def test_increments_fold_into_top_cities_and_regions() -> None:
     state, feed = ShardState("s", lateness=Lateness(0, 600)), Feeder()
     feed(state, hit(T0, ip="10.0.0.1", location=SEATTLE), hit(T0, ip="10.0.0.2", location=LYON))
