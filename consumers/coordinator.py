@@ -389,7 +389,12 @@ class LeaseCoordinator:
     async def evict(self, shard_id: str) -> bool:
         """Give `shard_id` up (graceful stop, after its final checkpoint): it leaves `held`
         first, then the row is made unowned, so another worker takes it at once. False if the
-        row had already changed (nothing to give up)."""
+        row had already changed (nothing to give up).
+
+        A stolen lease still pending is only dropped, not made unowned: its victim may not
+        have noticed the steal yet, and an unowned row would be taken at once by a third
+        worker while the victim still processes it. Left alone, it expires after the failover
+        time, by when the victim has fenced itself."""
         held = self._held.get(shard_id)
         if held is None:
             return False
@@ -397,6 +402,9 @@ class LeaseCoordinator:
             if self._held.pop(shard_id, None) is not held:
                 return False
             self._refresh_gauge()
+            if self._clock() < held.valid_from:
+                log.info("%s: dropped while its steal was pending; it expires", shard_id)
+                return False
             try:
                 await self.table.evict(held.lease)
             except LeaseLostError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -408,3 +409,77 @@ async def test_a_stolen_lease_is_written_by_nobody_until_the_victims_fence_has_p
         await fleet.step()
     assert b.held == {stolen} and b.pending == set()
     assert (await b.checkpoint(stolen, SEQ, 0)).checkpoint == Checkpoint(SEQ, 0)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_random_interleavings_never_hold_a_shard_twice_and_settle_afterwards(
+    dynamodb: Any, clock: FakeClock, seed: int
+) -> None:
+    """Four workers under a random schedule: renewals and take rounds in any order, clock jumps
+    past renew intervals, hangs and resumptions, graceful stops and rejoins, checkpoints. At no
+    moment do two report the same shard; once the schedule calms down, they settle fairly."""
+    rng = random.Random(seed)
+    fleet = Fleet(dynamodb, clock, flat(8))
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        fleet.add(name)
+    position = 10**40
+    for _ in range(250):
+        name = rng.choice(names)
+        coordinator = fleet.workers[name]
+        event = rng.random()
+        if name in fleet.crashed:
+            if event < 0.1:
+                fleet.crashed.discard(name)  # the hang ends; it carries on with its beliefs
+        elif event < 0.3:
+            await coordinator.renew_leases()
+        elif event < 0.6:
+            await coordinator.take_round(fleet.shards)
+        elif event < 0.75:
+            clock.advance(rng.uniform(0.1, 2.5))
+        elif event < 0.8:
+            fleet.crashed.add(name)
+        elif event < 0.83:
+            await coordinator.evict_all()  # a graceful stop, and a restart under the same id
+        elif coordinator.held:
+            shard = rng.choice(sorted(coordinator.held))
+            position += 1
+            try:
+                written = await coordinator.checkpoint(shard, str(position), 0)
+            except LeaseLostError:
+                # Stolen since its last write: the stealer is still waiting (pending), or has
+                # given it up again; no other worker may report it held.
+                assert shard not in coordinator.owned
+                assert not any(shard in w.held for w in fleet.workers.values())
+            else:
+                assert written.lease_owner == name
+        fleet.assert_disjoint()
+    fleet.crashed.clear()
+    await fleet.run_until(settled(fleet, [2, 2, 2, 2]), max_rounds=8 + 3 * int(FAILOVER))
+    assert sorted((await fleet.owners()).values()) == [2, 2, 2, 2]
+
+
+@pytest.mark.integration
+async def test_a_pending_steal_given_up_is_not_freed_for_a_third_worker(
+    dynamodb: Any, clock: FakeClock
+) -> None:
+    """The stealer stops before its steal's wait ended: the victim may still be working on the
+    shard, so the row must expire (by when the victim has fenced), not become unowned."""
+    fleet = Fleet(dynamodb, clock, flat(2))
+    a, b, c = fleet.add("a"), fleet.add("b"), fleet.add("c")
+    await a.take_round(fleet.shards)
+    stolen = (await b.take_round(fleet.shards)).stolen[0]
+    assert await b.evict_all() == 0 and b.owned == set()
+    assert stolen in a.held
+    assert (await c.take_round(fleet.shards)).taken == ()  # still b's row, not expired
+    fleet.assert_disjoint()
+    fleet.crashed.add("b")
+    dropped_at = clock.now
+    for _ in range(2 * int(FAILOVER)):
+        row = await a.table.get(stolen)
+        if row is not None and row.lease_owner != "b":
+            break
+        await fleet.step()
+    assert clock.now - dropped_at > FAILOVER  # taken once expired, never freed at once
+    await fleet.run_until(settled(fleet, [1, 1]), max_rounds=3 * int(FAILOVER))
