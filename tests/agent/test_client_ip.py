@@ -5,6 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.client_ip import client_ip, json_remote_ip, normalise_ip
+from consumers.models import Rejection
+from consumers.parse import parse_lines
+from tests.agent.support import combined_lines, lab_json_lines
 
 
 @pytest.mark.parametrize(
@@ -59,9 +62,41 @@ def test_normalise_agrees_with_ipaddress(text: str) -> None:
     got = normalise_ip(text.encode())
     if expected is None:
         assert got is None
-    else:
-        assert got is not None and ipaddress.ip_address(got) == expected
-        assert normalise_ip(got.encode()) == got  # canonical: stable under a second pass
+        return
+    if isinstance(expected, ipaddress.IPv6Address):
+        if expected.ipv4_mapped is not None:
+            expected = expected.ipv4_mapped
+        else:
+            expected = ipaddress.IPv6Address(str(expected).partition("%")[0])
+    assert got is not None and ipaddress.ip_address(got) == expected
+    assert normalise_ip(got.encode()) == got  # canonical: stable under a second pass
+
+
+def combined_line_of(address: object) -> bytes:
+    return f'{address} - - [22/Feb/2023:03:38:18 +0000] "GET / HTTP/1.1" 200 5'.encode()
+
+
+@given(st.one_of(combined_lines, lab_json_lines, st.ip_addresses().map(combined_line_of)))
+def test_the_partition_key_is_the_client_the_consumer_parses(line: bytes) -> None:
+    """The consumer routes a visitor by the MD5 of its parsed client address (which child shard
+    inherits it after a reshard), so the agent's key must be that very spelling."""
+    [parsed] = parse_lines([line])
+    if isinstance(parsed, Rejection):
+        return
+    assert client_ip(line) == parsed.client_ip
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [("::ffff:1.2.3.4", "1.2.3.4"), ("::FFFF:10.0.0.1", "10.0.0.1"), ("fe80::1%eth0", "fe80::1")],
+)
+def test_mapped_and_zoned_addresses_are_spelled_as_the_consumer_does(
+    text: str, canonical: str
+) -> None:
+    assert normalise_ip(text.encode()) == canonical
+    line = f'{text} - - [22/Feb/2023:03:38:18 +0000] "GET / HTTP/1.1" 200 5'.encode()
+    [parsed] = parse_lines([line])
+    assert not isinstance(parsed, Rejection) and parsed.client_ip == canonical == client_ip(line)
 
 
 @given(st.binary(max_size=80))
