@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 ENDPOINT_PREFIX = "AWS_ENDPOINT_URL="
+SERVICE_URL_PREFIX = "SERVICE_URL="  # what `clickstream serve` prints once it listens
 _PR_SET_PDEATHSIG = 1
 
 
@@ -88,6 +90,22 @@ class DemoSupervisor:
             if not line and part.process.poll() is not None:
                 break
         raise DemoError("the local AWS stack did not start (see its messages above)")
+
+    def start_service(self, args: Sequence[str], timeout: float = 60.0) -> str:
+        """Start `clickstream serve` and return its URL once it accepts requests."""
+        part = self.start("service", ["serve", *args], stdout=subprocess.PIPE)
+        assert part.process.stdout is not None
+        stdout = part.process.stdout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = stdout.readline().decode(errors="replace").strip()
+            if line.startswith(SERVICE_URL_PREFIX):
+                # Keep reading its stdout so the service can never block on a full pipe.
+                threading.Thread(target=stdout.read, name="service-stdout", daemon=True).start()
+                return line.removeprefix(SERVICE_URL_PREFIX)
+            if not line and part.process.poll() is not None:
+                break
+        raise DemoError("the service did not start (see its messages above)")
 
     def run_once(self, name: str, args: Sequence[str]) -> None:
         """A one-shot step (setup): it must succeed before anything depends on it."""

@@ -21,8 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         f"{HELP}: starts the embedded local AWS stack on 127.0.0.1, creates the stream, bucket, "
         "lease table and dashboard in it, appends simulated café traffic to an access_log in "
-        "real time, and runs the agent that tails it into Kinesis. Ctrl-C (or SIGTERM) stops "
-        "every part cleanly, newest first."
+        "real time, runs the agent that tails it into Kinesis and the service (consumer, API "
+        "and live dashboard), and prints the dashboard's URL. Ctrl-C (or SIGTERM) stops every "
+        "part cleanly, newest first."
     )
     parser.add_argument(
         "--rate",
@@ -38,6 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=9108,
         metavar="P",
         help="the agent's /metrics and /healthz port on 127.0.0.1 (default 9108)",
+    )
+    parser.add_argument(
+        "--port",
+        type=port,
+        metavar="P",
+        help="the service's (dashboard's) port on 127.0.0.1 (default CLICKSTREAM_SERVE_PORT, 8000)",
     )
     parser.add_argument(
         "--data-dir",
@@ -68,9 +75,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         supervisor.start("simulator", [*simulate, "--out", str(access_log)])
         agent = ["agent", str(access_log), "--from-start", "--no-progress"]
         supervisor.start("agent", [*agent, "--metrics-port", str(args.agent_metrics_port)])
+        serve_port = settings.serve_port if args.port is None else args.port
+        url = supervisor.start_service(["--host", "127.0.0.1", "--port", str(serve_port)])
         print(
             f"\nDemo running: simulated café traffic -> {access_log} -> agent -> "
-            f"Kinesis stream {settings.stream}\n"
+            f"Kinesis stream {settings.stream} -> service\n"
+            f"Dashboard: {url}\n"
+            f"API: {url}api/summary?window=5m  (schema: {url}docs)\n"
             f"Agent metrics: http://127.0.0.1:{args.agent_metrics_port}/metrics\n"
             f"Local AWS endpoint: {endpoint}\nPress Ctrl-C to stop.\n",
             flush=True,

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ class Page:
 
     async def screenshot(self, path: Path) -> Path:
         result = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(result["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(result["data"]))
         return path
 
 
@@ -85,15 +84,18 @@ async def headless_page(
         raise FileNotFoundError("chromium is not installed")
     argv = [binary, *FLAGS, f"--window-size={width},{height}", "--remote-debugging-port=0"]
     argv += [f"--user-data-dir={profile_dir}", "about:blank"]
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": "disabled:"},
     )
+    drain: asyncio.Task[None] | None = None
     try:
         browser_url = await asyncio.wait_for(_devtools_url(process), 60)
+        # Keep draining stderr so Chromium never blocks on a full pipe.
+        drain = asyncio.create_task(_drain(process))
         port = browser_url.split("/")[2]
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://{port}/json/list") as response:
@@ -102,21 +104,26 @@ async def headless_page(
             async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as socket:
                 yield Page(socket)
     finally:
-        process.kill()
-        process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        if drain is not None:
+            drain.cancel()
 
 
-async def _devtools_url(process: subprocess.Popen[bytes]) -> str:
+async def _devtools_url(process: asyncio.subprocess.Process) -> str:
     assert process.stderr is not None
-    stderr = process.stderr
-    loop = asyncio.get_running_loop()
     seen = b""
     while True:
-        line = await loop.run_in_executor(None, stderr.readline)
+        line = await process.stderr.readline()
         if not line:
             raise RuntimeError(f"chromium exited before listening: {seen[-2000:]!r}")
         seen += line
         if found := _LISTENING.search(line):
-            # Keep draining stderr so Chromium never blocks on a full pipe.
-            loop.run_in_executor(None, lambda: [None for _ in stderr])
             return found.group(1).decode()
+
+
+async def _drain(process: asyncio.subprocess.Process) -> None:
+    assert process.stderr is not None
+    while await process.stderr.readline():
+        pass
