@@ -41,8 +41,10 @@ The scheduler's side (wiring):
 3. before a commit's side effects, ``coordinator.held_valid(shard_id)``; checkpoints through
    ``coordinator.checkpoint`` / ``coordinator.mark_shard_end`` (or `CoordinatedLeaseTable`,
    which a `ShardCommitter` accepts in place of the `LeaseTable`);
-4. on SIGTERM: cancel `task`, make the final checkpoints, then ``await coordinator.evict_all()``
-   so the other workers take the shards at once instead of after the failover time.
+4. on SIGTERM: ``coordinator.stop_taking()`` (no new leases; renewals go on, so the final
+   checkpoints are not fenced however long the drain takes), make the final checkpoints,
+   ``await coordinator.evict_all()`` so the other workers take the shards at once instead of
+   after the failover time, and only then cancel `task`.
 """
 
 from __future__ import annotations
@@ -166,6 +168,8 @@ class LeaseCoordinator:
         self.lost: set[str] = set()
         """Shards taken from us (or fenced) since the scheduler last cleared this set."""
         self.last_scan_at: float | None = None
+        self.taking = True
+        """False after `stop_taking`: rounds still scan and notice losses, but take nothing."""
         self.stats = CoordinatorStats()
 
     @property
@@ -264,6 +268,8 @@ class LeaseCoordinator:
         self._expiry.observe(leases.values(), now)
         lost = self._notice_lost(leases, now)
         plan = plan_takes(leases, self._expiry.expired(now), self.worker_id, self._listed)
+        if not self.taking:
+            plan = TakePlan(plan.target, plan.workers)
         taken = [shard for shard in plan.take if await self._take(leases[shard])]
         stolen = (
             [plan.steal] if plan.steal is not None and await self._steal(leases[plan.steal]) else []
@@ -385,6 +391,11 @@ class LeaseCoordinator:
             return held.lease
 
     # ---- giving leases up ---------------------------------------------------------------------
+
+    def stop_taking(self) -> None:
+        """The worker is stopping: take and steal nothing more (renewals go on until the task
+        running `run` is cancelled, so the leases stay ours through the final checkpoints)."""
+        self.taking = False
 
     async def evict(self, shard_id: str) -> bool:
         """Give `shard_id` up (graceful stop, after its final checkpoint): it leaves `held`

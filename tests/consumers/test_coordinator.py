@@ -261,11 +261,18 @@ async def test_graceful_eviction_hands_leases_over_at_once(dynamodb: Any, clock:
     fleet = Fleet(dynamodb, clock, flat(4))
     a, b = fleet.add("a"), fleet.add("b")
     await fleet.run_until(settled(fleet, [2, 2]), max_rounds=3 * int(FAILOVER))
-    mine = a.held
+    mine, lost = a.held, a.stats.lost
+    a.stop_taking()
+    b.stop_taking()
+    for _ in range(int(FAILOVER)):  # a long drain: renewals go on, nothing is taken
+        await fleet.step()
+    assert a.held == mine and a.healthy and a.stats.lost == lost
     await a.checkpoint(sorted(mine)[0], SEQ, 1)  # the final checkpoint, then evict
     assert await a.evict_all() == 2
     assert a.held == set() and a.owned == set() and a.stats.evicted == 2
     fleet.assert_disjoint()
+    assert (await b.take_round(fleet.shards)).taken == ()  # b is stopping, too
+    b.taking = True
     result = await b.take_round(fleet.shards)  # no failover wait: the rows are unowned
     assert set(result.taken) == mine and b.held == set(shard_ids(4))
     row = await b.table.get(sorted(mine)[0])
