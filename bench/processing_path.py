@@ -70,9 +70,10 @@ from consumers.counters import ShardState
 from consumers.decode import decode_record
 from consumers.enrich import Enricher
 from consumers.geo.reloading import ReloadingGeoLocator
-from consumers.models import EnrichedHit, Hit, Rejection, UserRecord
+from consumers.models import UserRecord
 from consumers.pages import SiteRules
-from consumers.parse import parse_lines
+from consumers.parse import parse_batch
+from consumers.processor import count_in_shard_order
 
 FILE = FileIdentity(device=1, inode=1, fingerprint="0123456789abcdef0123456789abcdef")
 FIRST_SEQUENCE = 49_650_000_000_000_000_000_000_000_000_000_000_000_000_000_000
@@ -201,30 +202,33 @@ def run_path(
         for first in range(0, len(users), step):
             piece = users[first : first + step]
             t1 = clock()
-            parsed = parse_lines([u.line for u in piece])
+            parsed = parse_batch([u.line for u in piece])
             t2 = clock()
-            accepted = [i for i, r in enumerate(parsed) if type(r) is Hit]
-            enriched: list[EnrichedHit] = enricher.enrich_batch([parsed[i] for i in accepted])  # type: ignore[misc]
+            column = parsed.column
+            enriched = enricher.enrich_columns(
+                column("client_ip"),
+                column("user_agent"),
+                column("path"),
+                column("method"),
+                column("status"),
+                column("forwarded_for"),
+            )
             t3 = clock()
-            state = shard.state
-            add, add_rejected = state.add, state.add_rejected
-            e = 0
-            for user, result in zip(piece, parsed, strict=True):
-                if type(result) is Rejection:
-                    add_rejected(sequence, user.sub_sequence_number)
-                else:
-                    add(enriched[e], sequence, user.sub_sequence_number)
-                    e += 1
+            enriched_hits = enriched.objects(parsed.hits())
+            count_in_shard_order(shard.state, piece, enriched_hits, parsed.rejections)
             t4 = clock()
-            shard.columns.extend([piece[i] for i in accepted], enriched, [None] * len(enriched))
+            accepted = [piece[i] for i in parsed.hit_rows] if parsed.rejections else piece
+            shard.columns.extend_columns(
+                accepted, parsed.columns, enriched.by_name(), [None] * len(parsed)
+            )
             t5 = clock()
             cpu["parse"] += t2 - t1
             cpu["enrich"] += t3 - t2
             cpu["state"] += t4 - t3
             cpu["archive add"] += t5 - t4
-            hits += len(enriched)
-            rejected += len(parsed) - len(enriched)
-            del piece, parsed, enriched, accepted
+            hits += len(parsed)
+            rejected += len(parsed.rejections)
+            del piece, parsed, enriched, accepted, enriched_hits
         del users
         if len(shard.columns) >= flush_every:
             flush(shard)

@@ -79,8 +79,8 @@ import hmac
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, Final, Literal, get_args
 
@@ -89,7 +89,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from consumers.geo.locator import Location
-from consumers.models import EnrichedHit, Rejection, UserRecord
+from consumers.models import EnrichedHit, Hit, Rejection, UserRecord
 
 SCHEMA_VERSION: Final = "1"
 COMPRESSION: Final = "zstd"
@@ -317,24 +317,8 @@ _RECORD_FIELDS: Final = (
     "line",
 )
 _ENRICHED_FIELDS: Final = ("client_ip", "location", "is_bot", "page", "is_page_view", "stage")
-_HIT_FIELDS: Final = (
-    "client_ip",
-    "ident",
-    "user",
-    "time",
-    "utc_offset_minutes",
-    "method",
-    "path",
-    "query",
-    "protocol",
-    "status",
-    "bytes_sent",
-    "referer",
-    "user_agent",
-    "forwarded_for",
-    "log_format",
-    "file_geo",
-)
+_HIT_FIELDS: Final = tuple(f.name for f in fields(Hit))
+"""In `Hit`'s field order, which is the order `EventColumns.extend_columns` takes them in."""
 
 
 SEAL_ROWS: Final = 8192
@@ -406,6 +390,32 @@ class EventColumns:
         parsed = list(map(_get_hit, hits))
         for column, getter in hit_plan:
             column += map(getter, parsed)
+        self.session_ids += session_ids
+        if len(self.session_ids) >= self.seal_rows:
+            self._seal()
+
+    def extend_columns(
+        self,
+        records: Sequence[UserRecord],
+        hit_columns: Sequence[list[Any]],
+        enriched_columns: Mapping[str, list[Any]],
+        session_ids: Sequence[str | None],
+    ) -> None:
+        """`extend` for rows already in columns: `hit_columns` one list per `Hit` field in
+        field order (`consumers.parse.ParsedBatch.columns`), `enriched_columns` by
+        `EnrichedHit` field name (at least `client_ip`, `location`, `is_bot`, `page`,
+        `is_page_view`, `stage`), all parallel to `records`. The lists are appended as they
+        are; no object per row is built or read, but the records' fields."""
+        rows = len(records)
+        if len(session_ids) != rows or any(len(c) != rows for c in hit_columns):
+            raise ValueError("records, columns and session ids must be parallel")
+        record_plan = self._plan[0]
+        for column, getter in record_plan:
+            column += map(getter, records)
+        for name, column in self.enriched.items():
+            column += enriched_columns[name]
+        for column, values in zip(self.hit.values(), hit_columns, strict=True):
+            column += values
         self.session_ids += session_ids
         if len(self.session_ids) >= self.seal_rows:
             self._seal()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from fnmatch import translate
 from typing import Any, Final
@@ -174,6 +174,16 @@ class PageClassifier:
                 self._memo.clear()
             self._memo[path] = page
         return page
+
+    def classify_many(self, paths: Sequence[str | None]) -> list[PageClass]:
+        """`classify` for a column of paths: one C-level pass over the memo, then the misses."""
+        pages: list[PageClass | None] = list(map(self._memo.get, paths))
+        if None in pages:
+            classify = self.classify
+            for i, page in enumerate(pages):
+                if page is None:
+                    pages[i] = classify(paths[i])
+        return pages  # type: ignore[return-value]
 
     def _classify(self, path: str | None) -> PageClass:
         if path is None:

@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
+from itertools import compress, repeat
 from typing import Any, Final
 
 import orjson
@@ -123,6 +125,240 @@ def parse_lines(lines: Iterable[bytes]) -> list[Hit | Rejection]:
     """Parse a batch (e.g. the lines of one Kinesis record), one result per line, in order."""
     parse = parse_line
     return [parse(raw) for raw in lines]
+
+
+# -- A batch at a time, in columns ----------------------------------------------------------------
+
+HIT_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in fields(Hit))
+"""`Hit`'s fields in order: the order of `ParsedBatch.columns`."""
+
+_NONE_IF_DASH: Final[dict[str, None]] = {"-": None}  # `.get(x, x)`: None for "-", else x
+_PLACEHOLDER: Final = b'0.0.0.0 - - [01/Jan/2000:00:00:00 +0000] "-" 200 0 "-" "-"'
+"""Stands in, inside the columnar pass, for a line that pass does not take (its row is then
+filled from `parse_line`); any line with the fast path's exact shape would do."""
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """A batch of lines parsed into columns: what `parse_lines` says, without an object per line.
+
+    - `columns`: one list per `Hit` field, in `HIT_FIELDS` order, one entry per accepted line;
+    - `hit_rows`: the batch index of each accepted line (ascending, parallel to the columns);
+    - `rejections`: (batch index, `Rejection`) of every other line, ascending.
+
+    Why columns: the archive stores columns, and the later steps each need a few fields of a
+    line, so building a 16-field `Hit` per line only to read its fields back cost more than
+    the parsing itself. `hits()` builds the objects for whoever still wants them.
+    """
+
+    columns: list[list[Any]]
+    hit_rows: list[int]
+    rejections: list[tuple[int, Rejection]]
+
+    def __len__(self) -> int:
+        return len(self.hit_rows)
+
+    def column(self, name: str) -> list[Any]:
+        return self.columns[HIT_FIELDS.index(name)]
+
+    def hits(self) -> list[Hit]:
+        """The accepted lines as `Hit`s, in order (equal to what `parse_line` returns)."""
+        out: list[Hit] = list(map(_MutableHit, *self.columns))
+        for hit in out:
+            hit.__class__ = Hit
+        return out
+
+    def results(self, size: int) -> list[Hit | Rejection]:
+        """One result per line of the batch of `size` lines: `parse_lines`'s answer."""
+        out: list[Hit | Rejection] = [None] * size  # type: ignore[list-item]
+        for row, hit in zip(self.hit_rows, self.hits(), strict=True):
+            out[row] = hit
+        for row, rejection in self.rejections:
+            out[row] = rejection
+        return out
+
+
+def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
+    """Parse a batch into columns; line for line the same answers as `parse_lines`.
+
+    Plain combined lines (exactly six quotes, no backslash, valid UTF-8, not too long: nearly
+    every line of a real log) are cut all at once: the batch is joined with `"` and split once,
+    so each line's seven pieces sit at fixed strides, and each kind of piece (head, request,
+    status and size) is looked up in its memo for the whole column by C-level `map`s. A line
+    whose head, status or shape the fast path would refuse, and every other line, goes to
+    `parse_line`, so both paths give the same answer by construction (and by
+    `tests/consumers/test_parse_batch.py`).
+    """
+    n = len(lines)
+    if not n:
+        return ParsedBatch([[] for _ in HIT_FIELDS], [], [])
+    quotes = list(map(bytes.count, lines, repeat(b'"')))
+    slow: list[int] = []  # rows for parse_line
+    if quotes.count(6) != n or max(map(len, lines)) > MAX_LINE_BYTES:
+        slow = [
+            i
+            for i, (count, raw) in enumerate(zip(quotes, lines, strict=True))
+            if count != 6 or len(raw) > MAX_LINE_BYTES
+        ]
+    chosen = _without(lines, slow)
+    joined = b'"'.join(chosen)
+    if b"\\" in joined:
+        slow += [i for i, raw in enumerate(chosen) if b"\\" in raw]
+        chosen = _without(lines, slow)
+        joined = b'"'.join(chosen)
+    try:
+        text = joined.decode()
+    except UnicodeDecodeError:
+        slow += [i for i, raw in enumerate(chosen) if not _is_utf8(raw)]
+        text = b'"'.join(_without(lines, slow)).decode()
+    parts = text.split('"')
+    if len(parts) != 7 * n:  # cannot happen (six quotes a line); never trust it blindly
+        return _parse_slowly(lines)
+    heads = list(map(_heads.get, parts[0::7]))
+    sizes = list(map(_status_sizes.get, parts[2::7]))
+    requests = list(map(_requests.get, parts[1::7]))
+    gaps, ends = parts[4::7], parts[6::7]
+    if gaps.count(" ") != n:
+        slow += [i for i, gap in enumerate(gaps) if gap != " "]
+    if ends.count("") != n:
+        slow += [i for i, end in enumerate(ends) if end]
+    # Misses: the memos learn while the column is filled (a batch repeats its own pieces).
+    if None in heads:
+        for i in _missing(heads):
+            piece = parts[7 * i]
+            head = _heads.get(piece) or _parse_head(piece)
+            if head is None:
+                head = _NO_HEAD
+                slow.append(i)
+            heads[i] = head
+    if None in sizes:
+        for i in _missing(sizes):
+            piece = parts[7 * i + 2]
+            size = _status_sizes.get(piece) or _parse_status_and_size(piece)
+            if size is None:
+                size = (0, 0)
+                slow.append(i)
+            sizes[i] = size
+    if None in requests:
+        for i in _missing(requests):
+            piece = parts[7 * i + 1]
+            requests[i] = _requests.get(piece) or _request_fields(piece)
+    referers, agents = parts[3::7], parts[5::7]
+    client_ips, idents, users, times, offsets = map(list, zip(*heads, strict=True))
+    methods, paths, queries, protocols = map(list, zip(*requests, strict=True))
+    statuses, bytes_sent = map(list, zip(*sizes, strict=True))
+    columns: list[list[Any]] = [
+        client_ips,
+        idents,
+        users,
+        times,
+        offsets,
+        methods,
+        paths,
+        queries,
+        protocols,
+        statuses,
+        bytes_sent,
+        list(map(_NONE_IF_DASH.get, referers, referers)),
+        list(map(_NONE_IF_DASH.get, agents, agents)),
+        [None] * n,
+        ["combined"] * n,
+        [None] * n,
+    ]
+    if not slow:
+        return ParsedBatch(columns, list(range(n)), [])
+    keep = [True] * n
+    rejections: list[tuple[int, Rejection]] = []
+    for i in sorted(set(slow)):
+        result = parse_line(lines[i])
+        if isinstance(result, Rejection):
+            keep[i] = False
+            rejections.append((i, result))
+        else:
+            for column, value in zip(columns, _hit_values(result), strict=True):
+                column[i] = value
+    if not rejections:
+        return ParsedBatch(columns, list(range(n)), [])
+    return ParsedBatch(
+        [list(compress(column, keep)) for column in columns],
+        list(compress(range(n), keep)),
+        rejections,
+    )
+
+
+def _missing(values: list[Any]) -> list[int]:
+    """Indices of the None entries (memo misses) of a column."""
+    return [i for i, value in enumerate(values) if value is None]
+
+
+def _without(lines: Sequence[bytes], rows: list[int]) -> Sequence[bytes]:
+    """`lines` with each of `rows` replaced by `_PLACEHOLDER`."""
+    if not rows:
+        return lines
+    chosen = list(lines)
+    for i in rows:
+        chosen[i] = _PLACEHOLDER
+    return chosen
+
+
+def _is_utf8(raw: bytes) -> bool:
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _hit_values(hit: Hit) -> tuple[Any, ...]:
+    return tuple(getattr(hit, name) for name in HIT_FIELDS)
+
+
+def _parse_slowly(lines: Sequence[bytes]) -> ParsedBatch:
+    """`parse_batch` one line at a time (the answer for any batch, only slower)."""
+    results = parse_lines(lines)
+    hits = [(i, r) for i, r in enumerate(results) if not isinstance(r, Rejection)]
+    rejections = [(i, r) for i, r in enumerate(results) if isinstance(r, Rejection)]
+    columns = [list(values) for values in zip(*(_hit_values(h) for _, h in hits), strict=True)]
+    return ParsedBatch(columns or [[] for _ in HIT_FIELDS], [i for i, _ in hits], rejections)
+
+
+_Head = tuple[str, str | None, str | None, float, int]  # client_ip, ident, user, time, offset
+_NO_HEAD: Final[_Head] = ("", None, None, 0.0, 0)
+_heads: dict[str, _Head] = {}  # 'host ident user [time] ' -> its fields
+
+
+def _parse_head(head: str) -> _Head | None:
+    """The fields before a combined line's request (`'host ident user [dd/Mon/yyyy:HH:MM:SS
+    +zzzz] '`), under exactly the fast path's rules (`_parse_combined_quickly`); memoised, as a
+    visitor's assets share the head of the page that loaded them."""
+    sp = head.find(" ")
+    if sp <= 0 or head[-2:] != "] " or head[-30:-28] != " [":
+        return None
+    client_ip = _addresses.get(head[:sp])
+    if client_ip is None:
+        client_ip = _canonical_address(head[:sp])
+    when = _apache_stamps.get(head[-28:-2])
+    if when is None:
+        when = _apache_time(head[-28:-2])
+    if not client_ip or when is None:
+        return None
+    identity = head[sp + 1 : -30]
+    if identity == "- -":
+        ident = user = None
+    else:
+        words = identity.split(" ")
+        if len(words) != 2 or not words[0] or not words[1] or "[" in identity:
+            return None
+        ident = None if words[0] == "-" else words[0]
+        user = None if words[1] == "-" else words[1]
+    result = (client_ip, ident, user, when[0], when[1])
+    if len(head) <= _LONGEST_MEMO_KEY:
+        if len(_heads) >= _CACHE_LIMIT:
+            _heads.clear()
+        _heads[head] = result
+    return result
 
 
 # -- Apache combined / common ---------------------------------------------------------------------

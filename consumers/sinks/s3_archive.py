@@ -53,7 +53,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -240,6 +240,24 @@ class S3ArchiveSink:
         batch = self._batch
         batch.unstage()
         batch.events.extend(records, hits, session_ids)
+        if batch.first_added is None:
+            batch.first_added = self._clock()
+        batch.line_bytes += sum(map(len, map(_line_of, records)))
+
+    def add_columns(
+        self,
+        records: Sequence[UserRecord],
+        hit_columns: Sequence[list[Any]],
+        enriched_columns: Mapping[str, list[Any]],
+        session_ids: Sequence[str | None],
+    ) -> None:
+        """`add_batch` for hits already in columns (`EventColumns.extend_columns`): the
+        processor's hot path, with no object per hit in between."""
+        if not records:
+            return
+        batch = self._batch
+        batch.unstage()
+        batch.events.extend_columns(records, hit_columns, enriched_columns, session_ids)
         if batch.first_added is None:
             batch.first_added = self._clock()
         batch.line_bytes += sum(map(len, map(_line_of, records)))

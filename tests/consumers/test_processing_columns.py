@@ -1,0 +1,232 @@
+"""The column-wise processing path gives exactly what the per-line path gave.
+
+`parse_batch` against `parse_lines`, `Enricher.enrich_columns` against `enrich_batch`,
+`EventColumns.extend_columns` against `extend`, and the whole of
+`ShardProcessor.process_records` against the per-line flow it replaced (kept here as
+`per_line_reference`), on a simulated log with odd lines mixed in: the same per-shard state
+(its snapshot bytes), the same archive tables of events and of rejects.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.archive_format import EventColumns, IpPrivacy, rejects_table
+from consumers.counters import ShardState
+from consumers.enrich import Enricher
+from consumers.geo.locator import GeoLocator
+from consumers.leases import Checkpoint, Lease, LeaseTable
+from consumers.models import EnrichedHit, Hit, Rejection, UserRecord
+from consumers.parse import parse_batch, parse_lines
+from consumers.processor import ShardProcessor
+from consumers.reader import ReadBatch
+from consumers.sinks.s3_archive import S3ArchiveSink
+from consumers.snapshots import SnapshotStore
+from consumers.state_store import to_bytes
+from tests.consumers.test_parse_properties import access_lines, json_lines, mutated_lines
+
+REPO = Path(__file__).resolve().parents[2]
+SHARD = "shardId-000000000000"
+FIRST_SEQUENCE = 49_650_000_000_000_000_000_000_000_000_000_000_000_000_000_000
+
+ODD_LINES = [
+    b"",
+    b"   ",
+    b"PHP Warning: something",
+    b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /a\\"b HTTP/1.1" 200 5 "-" "x\\\\y"',
+    b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "caf\xe9"',
+    b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "ok" "10.0.0.1"',
+    b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5',
+    b' 192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "lead"',
+    b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "trail"\r\n',
+    b'192.0.2.1 a b [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 999 5 "-" "bad status"',
+    b'host.example - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "name"',
+    b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "-" 408 - "-" "-"',
+    b'{"time":"2023-02-22 03:38:18","remoteIP":"192.0.2.1","request":"/","status":"200"}',
+    b'{"a":"1","b":"2","c":"3"}',
+    b'::ffff:192.0.2.9 - - [10/Oct/2000:13:55:36 +0200] "GET /cafe/menu.php HTTP/1.1" 200 5 "" ""',
+    b"\xff\xfe binary junk",
+    b'192.0.2.1 - - [31/Feb/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "no such day"',
+]
+
+any_lines = st.lists(
+    st.one_of(
+        access_lines().map(lambda case: case[0]),
+        json_lines().map(lambda case: case[0]),
+        mutated_lines(),
+        st.binary(max_size=200),
+        st.sampled_from(ODD_LINES),
+    ),
+    max_size=30,
+)
+
+
+@given(any_lines)
+@settings(max_examples=300, deadline=None)
+def test_parse_batch_answers_as_parse_lines(lines: list[bytes]) -> None:
+    parsed = parse_batch(lines)
+    assert parsed.results(len(lines)) == parse_lines(lines)
+    assert all(len(column) == len(parsed.hit_rows) for column in parsed.columns)
+
+
+def test_parse_batch_of_nothing() -> None:
+    parsed = parse_batch([])
+    assert len(parsed) == 0 and parsed.rejections == [] and parsed.hits() == []
+
+
+@pytest.fixture(scope="module")
+def enricher() -> Enricher:
+    return Enricher(GeoLocator())
+
+
+@given(any_lines)
+@settings(max_examples=100, deadline=None)
+def test_enrich_columns_answer_as_enrich_batch(lines: list[bytes]) -> None:
+    enricher = Enricher(GeoLocator(), trusted_proxies=["10.0.0.0/8", "192.0.2.0/24"])
+    for chosen in (enricher, Enricher(enricher.geo)):
+        parsed = parse_batch(lines)
+        hits = parsed.hits()
+        column = parsed.column
+        enriched = chosen.enrich_columns(
+            column("client_ip"),
+            column("user_agent"),
+            column("path"),
+            column("method"),
+            column("status"),
+            column("forwarded_for"),
+        )
+        assert enriched.objects(hits) == chosen.enrich_batch(hits)
+
+
+# ----------------------------------------------------------------------- the whole path
+
+
+@pytest.fixture(scope="module")
+def simulated_lines(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    log = tmp_path_factory.mktemp("simulated") / "access.log"
+    subprocess.run(
+        [sys.executable, "-m", "service.cli", "simulate", "--lines", "6000", "--seed", "7",
+         "--end", "2026-11-21T12:00:00Z", "--out", str(log)],
+        cwd=REPO, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    lines = log.read_bytes().splitlines()
+    for i, odd in enumerate(ODD_LINES):  # spread the odd lines over the batches
+        lines.insert(1 + i * 347, odd)
+    return lines
+
+
+def kinesis_batches(lines: list[bytes], per_record: int, per_batch: int) -> list[ReadBatch]:
+    """The lines as the reader hands them on: Kinesis records of `per_record` lines (one
+    sequence number, sub-sequence numbers counting up), `per_batch` records a batch."""
+    records = [
+        UserRecord(SHARD, str(FIRST_SEQUENCE + first), sub, 1.7e9, f"f:{first + sub}", line)
+        for first in range(0, len(lines), per_record)
+        for sub, line in enumerate(lines[first : first + per_record])
+    ]
+    size = per_record * per_batch
+    return [
+        ReadBatch(
+            SHARD,
+            records[i : i + size],
+            Checkpoint(records[i + len(records[i : i + size]) - 1].sequence_number),
+            0,
+        )
+        for i in range(0, len(records), size)
+    ]
+
+
+def per_line_reference(
+    enricher: Enricher, batches: list[ReadBatch]
+) -> tuple[ShardState, EventColumns, list[UserRecord], list[Rejection]]:
+    """What `process_records` did before it worked in columns: an object per line."""
+    state = ShardState(SHARD)
+    columns = EventColumns()
+    rejected: list[UserRecord] = []
+    rejections: list[Rejection] = []
+    for batch in batches:
+        records = batch.records
+        parsed = parse_lines([record.line for record in records])
+        hits: list[Hit] = [result for result in parsed if not isinstance(result, Rejection)]
+        enriched = iter(enricher.enrich_batch(hits))
+        hit_records: list[UserRecord] = []
+        enriched_hits: list[EnrichedHit] = []
+        for record, result in zip(records, parsed, strict=True):
+            if isinstance(result, Rejection):
+                state.add_rejected(record.sequence_number, record.sub_sequence_number)
+                rejected.append(record)
+                rejections.append(result)
+            else:
+                hit = next(enriched)
+                state.add(hit, record.sequence_number, record.sub_sequence_number)
+                hit_records.append(record)
+                enriched_hits.append(hit)
+        columns.extend(hit_records, enriched_hits, [None] * len(enriched_hits))
+    return state, columns, rejected, rejections
+
+
+def processor(enricher: Enricher) -> ShardProcessor:
+    """A processor whose clients are never called (nothing here commits or flushes)."""
+    lease = Lease(SHARD, "me", 1, Checkpoint("TRIM_HORIZON"))
+    archive = S3ArchiveSink(None, "bucket", SHARD, encode_in_thread=False)
+    return ShardProcessor(
+        lease, LeaseTable(None, "leases", "me"), archive, SnapshotStore(None, "bucket"), enricher
+    )
+
+
+@pytest.mark.parametrize(("per_record", "per_batch"), [(500, 3), (1, 40), (4000, 1)])
+def test_process_records_gives_what_the_per_line_path_gave(
+    enricher: Enricher, simulated_lines: list[bytes], per_record: int, per_batch: int
+) -> None:
+    batches = kinesis_batches(simulated_lines, per_record, per_batch)
+    state, columns, rejected, rejections = per_line_reference(enricher, batches)
+    assert rejections, "the odd lines should give rejections"
+
+    shard = processor(enricher)
+    for batch in batches:
+        shard.process_records(batch)
+
+    assert to_bytes(shard.state) == to_bytes(state)
+    assert shard.state.high_water == state.high_water
+    assert shard.stats.hits == sum(len(b.records) for b in batches) - len(rejections)
+    assert shard.stats.rejected == len(rejections)
+    archived = shard._archive._batch  # what the next flush would write
+    for privacy in (IpPrivacy("full"), IpPrivacy("truncated")):
+        assert archived.events.table(privacy).equals(columns.table(privacy), check_metadata=True)
+    assert archived.rejected == rejected
+    assert archived.rejections == rejections
+    assert rejects_table(archived.rejected, archived.rejections, IpPrivacy()).equals(
+        rejects_table(rejected, rejections, IpPrivacy())
+    )
+
+
+def test_extend_columns_fills_the_table_extend_does(
+    enricher: Enricher, simulated_lines: list[bytes]
+) -> None:
+    batch = kinesis_batches(simulated_lines[:900], 900, 1)[0]
+    parsed = parse_batch([record.line for record in batch.records])
+    column = parsed.column
+    enriched = enricher.enrich_columns(
+        column("client_ip"),
+        column("user_agent"),
+        column("path"),
+        column("method"),
+        column("status"),
+        column("forwarded_for"),
+    )
+    records = [batch.records[i] for i in parsed.hit_rows]
+    sessions = [None if i % 3 else f"s{i}" for i in range(len(records))]
+    by_objects, by_columns = EventColumns(seal_rows=256), EventColumns(seal_rows=256)
+    by_objects.extend(records, enriched.objects(parsed.hits()), sessions)
+    by_columns.extend_columns(records, parsed.columns, enriched.by_name(), sessions)
+    table = by_columns.table(IpPrivacy())
+    assert table.equals(by_objects.table(IpPrivacy()))
+    assert table.num_rows == len(records) and isinstance(table, pa.Table)
+    with pytest.raises(ValueError, match="parallel"):
+        by_columns.extend_columns(records, parsed.columns, enriched.by_name(), sessions[1:])
