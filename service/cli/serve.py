@@ -9,8 +9,12 @@ then the lifespan stops the consumer (drain, commit every shard, evict the lease
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any, Final
 
 import uvicorn
@@ -27,6 +31,7 @@ SWITCH_INTERVAL_S: Final = 0.001
 """The consumer's thread hands the GIL over at least this often, so a request waiting for it
 waits a millisecond, not Python's default 5 ms, a few times per request."""
 URL_PREFIX: Final = "SERVICE_URL="
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 GRACEFUL_HTTP_S: Final = 2.0
 """Requests in flight at shutdown get this long before their connections are closed."""
 
@@ -65,6 +70,21 @@ class _Server(uvicorn.Server):
             shown = f"[{host}]" if ":" in host else host
             # One line that scripts (the demo, tests) read, like local-aws's endpoint line.
             print(f"{URL_PREFIX}http://{shown}:{bound_port}/", flush=True)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's own version raises the signal again once it has stopped, so the process
+        would die of SIGTERM (exit 143) after a clean drain; a stop that went well is exit 0,
+        as for `clickstream consume`."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         service: ServiceState | None = getattr(self._app_state, "service", None)
