@@ -115,6 +115,7 @@ class ConsumerWorker:
         """(parent, child) pairs whose visitors left the parent's state in `ended`."""
         self._ended_missing: set[str] = set()
         self._stopping = asyncio.Event()
+        self._shard_ended = asyncio.Event()
         self._coordinator: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._top: tuple[float, list[CityKey]] = (float("-inf"), [])
@@ -219,7 +220,10 @@ class ConsumerWorker:
 
     async def _coordinate(self) -> None:
         while not self._stopping.is_set():
-            await asyncio.sleep(self.config.discovery_interval_s)
+            # A shard that ended wakes the loop: its children are readable now, not a round later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._shard_ended.wait(), self.config.discovery_interval_s)
+            self._shard_ended.clear()
             try:
                 await self._discover()
             except asyncio.CancelledError:
@@ -374,6 +378,7 @@ class ConsumerWorker:
                             self.stats.commits += 1
                             self.ended[processor.shard_id] = processor.state
                             self.processors.pop(processor.shard_id, None)
+                            self._shard_ended.set()
                             log.info("%s read to its end; children: %s", processor.shard_id,
                                      ", ".join(event.child_shard_ids) or "none")  # fmt: skip
                             return

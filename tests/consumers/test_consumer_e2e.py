@@ -2,7 +2,8 @@
 -> Kinesis -> `clickstream consume` (subprocesses) -> summary, S3 archive, CloudWatch, on moto.
 
 Scenarios: one clean run; the same with the consumer killed (SIGKILL) three times at seeded
-moments while it commits; a SIGTERM mid-run. Each time the merged summary equals the
+moments while it commits; a SIGTERM mid-run; a split and a merge while it reads (kinesalite
+for Kinesis, which reshards; moto for the rest). Each time the merged summary equals the
 simulator's ground truth, every accepted line is archived once (unique by event id), every
 malformed line is a reject, and CloudWatch's per-city page views (GetMetricData) equal the
 truth for the top 10 cities, and so do the funnel series (Visitors, MenuViewers,
@@ -13,6 +14,7 @@ sizes keep each scenario near a minute.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import io
@@ -302,3 +304,122 @@ async def test_sigterm_commits_evicts_its_leases_and_exits_0_within_30_s(
     summary = consume_until_idle(pipeline)
     assert_summary_is_truth(summary, truth)
     await assert_archive_is_exact(truth, 30_000)
+
+
+@pytest.fixture
+def resharding_pipeline(aws: str, kinesalite: str, tmp_path: Path) -> dict[str, str]:
+    """Kinesis on kinesalite (moto does not reshard), S3, DynamoDB and CloudWatch on moto."""
+    env = pipeline_env(tmp_path)
+    assert env["AWS_ENDPOINT_URL_KINESIS"] == kinesalite
+    clickstream("setup", env=env)
+    return env
+
+
+async def shards_by_range(kinesis: Any) -> list[dict[str, Any]]:
+    """The open shards, lowest hash key first."""
+    shards = (await kinesis.list_shards(StreamName="cafe-clickstream"))["Shards"]
+    return sorted(
+        (s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]),
+        key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]),
+    )
+
+
+async def wait_active(kinesis: Any) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        summary = await kinesis.describe_stream_summary(StreamName="cafe-clickstream")
+        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the stream did not become ACTIVE after resharding")
+
+
+def log_messages(path: Path) -> list[str]:
+    return [json.loads(line)["message"] for line in path.read_text().splitlines() if line]
+
+
+async def test_split_and_merge_while_consuming_change_no_number(
+    resharding_pipeline: dict[str, str], tmp_path: Path
+) -> None:
+    env = resharding_pipeline
+    source, truth = simulate(tmp_path, env, 30_000)
+    lines = source.read_bytes().splitlines(keepends=True)
+    live = tmp_path / "live.log"
+    consume_log = tmp_path / "consume-during.log"
+    with consume_log.open("wb") as stderr:
+        consumer = subprocess.Popen(  # noqa: ASYNC220 - a process that outlives many awaits
+            [sys.executable, "-m", "service.cli", "consume"],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )  # fmt: skip
+        try:
+            async with aws_client("kinesis") as kinesis:
+                with live.open("ab") as out:
+                    out.writelines(lines[:10_000])
+                ship(live, env, tmp_path)
+                # Split the low shard in two while the consumer is still reading it.
+                low, _ = await shards_by_range(kinesis)
+                start, end = (
+                    int(low["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey")
+                )
+                await kinesis.split_shard(
+                    StreamName="cafe-clickstream", ShardToSplit=low["ShardId"],
+                    NewStartingHashKey=str((start + end + 1) // 2),
+                )  # fmt: skip
+                await wait_active(kinesis)
+                with live.open("ab") as out:
+                    out.writelines(lines[10_000:20_000])
+                ship(live, env, tmp_path)
+                # Merge the split's upper child with the other original shard.
+                _, upper, other = await shards_by_range(kinesis)
+                await kinesis.merge_shards(
+                    StreamName="cafe-clickstream", ShardToMerge=upper["ShardId"],
+                    AdjacentShardToMerge=other["ShardId"],
+                )  # fmt: skip
+                await wait_active(kinesis)
+                with live.open("ab") as out:
+                    out.writelines(lines[20_000:])
+                ship(live, env, tmp_path)
+                shards = (await kinesis.list_shards(StreamName="cafe-clickstream"))["Shards"]
+            assert len(shards) == 5
+            deadline = time.monotonic() + 60  # let it take the children on while running
+            while not any("took over" in m for m in log_messages(consume_log)):
+                assert consumer.poll() is None and time.monotonic() < deadline, (
+                    consume_log.read_text()[-4000:]
+                )
+                await asyncio.sleep(0.2)
+        finally:
+            consumer.send_signal(signal.SIGTERM)
+            consumer.wait(timeout=60)
+    assert consumer.returncode == 0, consume_log.read_text()[-4000:]
+    summary = consume_until_idle(env)  # a restart: ended parents restored, then handed over
+
+    assert_summary_is_truth(summary, truth)
+    await assert_archive_is_exact(truth, 30_000)
+    await assert_cloudwatch_page_views(truth)
+    assert await cloudwatch_funnel_differences(truth) == {}
+    # No child was read before its parents ended: each child took its parents' visitors over
+    # (in `initialize`, before its first read) after every parent's SHARD_END.
+    messages = log_messages(consume_log)
+    ended_at = {m.split()[0]: i for i, m in enumerate(messages) if "read to its end" in m}
+    children = {s["ShardId"]: s for s in shards if s.get("ParentShardId")}
+    for shard_id, shard in children.items():
+        parents = [p for k in ("ParentShardId", "AdjacentParentShardId") if (p := shard.get(k))]
+        took = [i for i, m in enumerate(messages) if m.startswith(f"{shard_id}: took over")]
+        if took:
+            assert all(p in ended_at and ended_at[p] < took[0] for p in parents), messages
+    assert any(m.split()[3] != "0" for m in messages if ": took over" in m), (
+        "no visitor was handed over: the reshard did not cut through anyone's visit"
+    )
+    async with aws_client("dynamodb") as dynamodb:
+        rows = {
+            row.lease_key: row
+            for row in await LeaseTable(
+                dynamodb, "cafe-clickstream-leases", "observer"
+            ).list_leases()
+        }
+    for shard_id, shard in children.items():
+        for parent in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")):
+            if parent:
+                assert rows[parent].checkpoint.is_shard_end
+                assert shard_id in rows[parent].child_shard_ids
