@@ -98,8 +98,12 @@ function renderFunnel(svg, totals) {
 
 // ---- per-minute trend -------------------------------------------------------------------------
 
-function renderTrend(svg, trend) {
+function renderTrend(svg, allMinutes) {
   clear(svg);
+  // Minutes before the first page view of the window are left out (a new café, a fresh demo),
+  // but at least the last ten minutes are shown.
+  const first = allMinutes.findIndex((p) => p.page_views > 0);
+  const trend = allMinutes.slice(first < 0 ? 0 : Math.max(0, Math.min(first, allMinutes.length - 10)));
   svg.dataset.rows = String(trend.length);
   if (!trend.length) return empty(svg, "No page views yet");
   const left = 36, right = 470, top = 10, bottom = 175;
