@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 KINESALITE := tests/kinesalite/node_modules/.installed
 # Debian packages the tests drive for real: logrotate (rotation tests), graphviz (the diagram is
 # up to date), docker-compose (validates docker-compose.yml). graphviz has no command of that
-# name: its check always misses, and apt-get then finds it installed.
-DEBIAN_TOOLS := logrotate graphviz docker-compose
+# name: its check always misses, and apt-get then finds it installed. chromium: the dashboard's
+# headless browser test.
+DEBIAN_TOOLS := logrotate graphviz docker-compose chromium
 TOOLS_STAMP := $(VENV)/.debian-tools
 
 .PHONY: demo test lint unit install clean
