@@ -16,7 +16,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -25,6 +25,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+if TYPE_CHECKING:
+    from consumers.pages import SiteRules
 
 ENV_PREFIX = "CLICKSTREAM_"
 CONFIG_ENV = "CLICKSTREAM_CONFIG"
@@ -137,6 +140,12 @@ class Settings(BaseSettings):
         "", description="comma-separated CIDRs of balancers whose X-Forwarded-For is believed"
     )
     archive_prefix: str = Field("", max_length=200, description="key prefix of the S3 archive")
+    site: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the café site's page patterns and counting rules (consumers.pages.SiteRules"
+        " fields: home, menu, order, static_prefixes, ...); a [site] table in the TOML file, or"
+        " JSON in CLICKSTREAM_SITE; unset fields keep the defaults",
+    )
 
     # Service (`clickstream serve`: the FastAPI app running the consumer; see service/app.py).
     serve_host: str = Field("127.0.0.1", min_length=1, description="address uvicorn listens on")
@@ -170,6 +179,24 @@ class Settings(BaseSettings):
                 except ValueError:
                     raise ValueError(f"{part!r} is not an address or CIDR network") from None
         return value
+
+    @field_validator("site")
+    @classmethod
+    def _site_rules(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from consumers.pages import SiteRules
+
+        try:
+            SiteRules.from_mapping(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"is not valid: {error}") from None
+        return value
+
+    @property
+    def site_rules(self) -> SiteRules:
+        """The validated `site` table as the consumer's rules."""
+        from consumers.pages import SiteRules
+
+        return SiteRules.from_mapping(self.site)
 
     @field_validator("oversize_policy", mode="before")
     @classmethod

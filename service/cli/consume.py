@@ -55,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "CLICKSTREAM_FLUSH_SECONDS, CLICKSTREAM_FLUSH_RECORDS, "
         "CLICKSTREAM_METRICS_INTERVAL_SECONDS, CLICKSTREAM_TOP_CITIES, "
         "CLICKSTREAM_ARCHIVE_IP_MODE, CLICKSTREAM_ARCHIVE_IP_KEY, CLICKSTREAM_TRUSTED_PROXIES, "
-        "CLICKSTREAM_ARCHIVE_PREFIX, CLICKSTREAM_GEOIP_DB."
+        "CLICKSTREAM_ARCHIVE_PREFIX, CLICKSTREAM_GEOIP_DB, CLICKSTREAM_SITE (page patterns)."
     )
     parser.add_argument(
         "--summary-every",
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"clickstream consume: error: {exc}", file=sys.stderr)
         return 2
     use_local_stack_if_running(settings.state_dir)
-    enricher = Enricher(geo, trusted_proxies=proxies)
+    enricher = Enricher(geo, rules=settings.site_rules, trusted_proxies=proxies)
     tune_garbage_collector()
     try:
         return asyncio.run(_main(args, settings, config, enricher))

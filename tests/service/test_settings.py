@@ -98,3 +98,43 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(ValueError):
         settings.shards = 9  # type: ignore[misc]
+
+
+def test_site_rules_from_a_toml_table_and_from_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A café whose site is not the course's names its own pages; what it leaves out keeps the
+    defaults, and the consumer classifies pages by them."""
+    from consumers.pages import DEFAULT_SITE_RULES, PageClassifier
+
+    config = tmp_path / "clickstream.toml"
+    config.write_text('[site]\nmenu = ["/shop/menu*"]\norder = ["/shop/checkout"]\n')
+    rules = load_settings(config).site_rules
+    assert rules.menu == ("/shop/menu*",) and rules.order == ("/shop/checkout",)
+    assert rules.home == DEFAULT_SITE_RULES.home
+    pages = PageClassifier(rules)
+    assert pages.classify("/shop/menu/cakes") == "menu"
+    assert pages.classify("/cafe/menu.php") == "other"
+
+    monkeypatch.setenv("CLICKSTREAM_SITE", '{"home": ["/"], "purchase_methods": ["POST", "PUT"]}')
+    rules = load_settings().site_rules
+    assert rules.home == ("/",) and rules.purchase_methods == {"POST", "PUT"}
+    assert load_settings(config).site_rules.home == ("/",)  # the environment wins, whole
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"menuu": ["/m"]}', "CLICKSTREAM_SITE is not valid: unknown site rule(s): menuu"),
+        ('{"menu": ["menu.php"]}', "must start with '/'"),
+        ('{"page_view_statuses": [700]}', "page_view_statuses must be HTTP statuses"),
+        ("[1, 2]", "CLICKSTREAM_SITE"),
+    ],
+)
+def test_bad_site_rules_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_SITE", value)
+    with pytest.raises(SettingsError, match="CLICKSTREAM_SITE") as error:
+        load_settings()
+    assert message in str(error.value)
