@@ -1,9 +1,12 @@
-"""Fill the generated blocks of deploy/cloudformation.yaml and write docs/athena.sql.
+"""Fill the generated blocks of deploy/cloudformation.yaml, write docs/athena.sql, and render
+docs/architecture.svg from docs/architecture.dot.
 
 The CloudWatch dashboard (service/dashboard.py) and the archive's columns
 (consumers/archive_format.py) are defined once, in code; the template and the Athena DDL are
 derived from them here, so AWS shows the same dashboard `clickstream setup` creates locally and
-Athena reads the columns the consumer writes. Run after changing either:
+Athena reads the columns the consumer writes. The diagram is rendered by Graphviz's `dot` and
+stamped with the sha256 of its source, so `--check` can tell a stale SVG even where `dot` is not
+installed. Run after changing any of them:
 
     .venv/bin/python deploy/render.py          # rewrite the files
     .venv/bin/python deploy/render.py --check  # exit 1 if they are not up to date (tests do)
@@ -12,8 +15,11 @@ Athena reads the columns the consumer writes. Run after changing either:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +34,9 @@ from service.settings import Settings  # noqa: E402
 
 TEMPLATE = REPO / "deploy" / "cloudformation.yaml"
 ATHENA_DDL = REPO / "docs" / "athena.sql"
+DIAGRAM_SOURCE = REPO / "docs" / "architecture.dot"
+DIAGRAM = REPO / "docs" / "architecture.svg"
+_STAMP = re.compile(r"<!-- source sha256: ([0-9a-f]{64}) -->")
 
 # Placeholders that `service.dashboard` treats as plain names (no SEARCH quoting), replaced by
 # CloudFormation substitutions after the body is built.
@@ -135,20 +144,47 @@ def athena_ddl() -> str:
     )
 
 
+def source_digest() -> str:
+    return hashlib.sha256(DIAGRAM_SOURCE.read_bytes()).hexdigest()
+
+
+def render_diagram() -> str:
+    """The SVG from `dot`, stamped with its source's digest after the XML declaration."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise FileNotFoundError("Graphviz `dot` is not installed (Debian package graphviz)")
+    svg = subprocess.run(
+        [dot, "-Tsvg", str(DIAGRAM_SOURCE)], capture_output=True, text=True, check=True
+    ).stdout
+    head, _, rest = svg.partition("\n")
+    return f"{head}\n<!-- source sha256: {source_digest()} -->\n{rest}"
+
+
+def diagram_is_current() -> bool:
+    if not DIAGRAM.is_file():
+        return False
+    stamp = _STAMP.search(DIAGRAM.read_text())
+    return stamp is not None and stamp.group(1) == source_digest()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report files out of date")
     args = parser.parse_args(argv)
     wanted = {TEMPLATE: render_template(TEMPLATE.read_text()), ATHENA_DDL: athena_ddl()}
     stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+    diagram_stale = not diagram_is_current()
     if args.check:
-        for path in stale:
+        for path in stale + ([DIAGRAM] if diagram_stale else []):
             print(f"{path.relative_to(REPO)} is out of date: run python deploy/render.py")
-        return 1 if stale else 0
+        return 1 if stale or diagram_stale else 0
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(wanted[path])
         print(f"wrote {path.relative_to(REPO)}")
+    if diagram_stale:
+        DIAGRAM.write_text(render_diagram())
+        print(f"wrote {DIAGRAM.relative_to(REPO)}")
     return 0
 
 
