@@ -197,6 +197,9 @@ def test_every_environment_variable_is_a_setting(template: dict[str, Any]) -> No
         if "Fn::If" in entry:
             entry = entry["Fn::If"][1]
         names.add(entry["Name"])
+    secrets = container["Secrets"]["Fn::If"][1]
+    assert [s["Name"] for s in secrets] == ["CLICKSTREAM_ARCHIVE_IP_KEY"]
+    names.add(secrets[0]["Name"])
     clickstream = {n for n in names if n.startswith("CLICKSTREAM_")}
     fields = {f"CLICKSTREAM_{f.upper()}" for f in Settings.model_fields}
     assert clickstream - fields == set()
