@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from consumers.archive_format import EventColumns, IpPrivacy, rejects_table
 from consumers.counters import ShardState
+from consumers.decode import _decode_one_by_one, _envelopes, decode_record, split_envelope
 from consumers.enrich import Enricher
 from consumers.geo.locator import GeoLocator
 from consumers.leases import Checkpoint, Lease, LeaseTable
@@ -230,3 +231,28 @@ def test_extend_columns_fills_the_table_extend_does(
     assert table.num_rows == len(records) and isinstance(table, pa.Table)
     with pytest.raises(ValueError, match="parallel"):
         by_columns.extend_columns(records, parsed.columns, enriched.by_name(), sessions[1:])
+
+
+# ----------------------------------------------------------------------- decode, a record at once
+
+id_pieces = st.sampled_from([b"ab12", b":", b"7", b"\n", b"\xff", b"\xc3\xa9", b"", b" ", b"-"])
+event_ids = st.lists(id_pieces, max_size=8).map(b"".join)
+payloads = st.one_of(
+    st.builds(lambda eid, line: eid + b"\t" + line, event_ids, st.binary(max_size=20)),
+    st.builds(lambda n, line: b"%032x:%d\t" % (n, n) + line, st.integers(0, 2**40), st.binary()),
+    st.binary(max_size=30),
+)
+
+
+@given(st.lists(payloads, max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_a_record_at_once_splits_envelopes_as_one_at_a_time(items: list[bytes]) -> None:
+    """`_envelopes` checks a record's payloads together; where it answers, it answers as
+    `split_envelope` does for each, and where it does not, each payload is split on its own."""
+    one_by_one = [split_envelope(payload) for payload in items]
+    together = _envelopes(items)
+    if together is not None:
+        assert [(eid, line) for eid, line in zip(*together, strict=True)] == one_by_one
+    data = items[0] if len(items) == 1 else b"plain record"
+    decoded = decode_record(SHARD, "42", 1.5, data)
+    assert decoded == _decode_one_by_one(SHARD, "42", 1.5, [data])
