@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from service.aws import aws_client
+from service.cli import main as clickstream
 from service.sql.archive import sync_archive
 
 pytestmark = pytest.mark.integration
@@ -184,3 +185,14 @@ def test_example_queries_equal_the_ground_truth(
         "visitors": truth["totals"]["visitors"],
         "rejected_lines": truth["totals"]["rejected_lines"],
     }
+
+
+def test_a_missing_bucket_is_one_line_and_exit_2(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_BUCKET", "no-such-archive")
+    monkeypatch.setenv("CLICKSTREAM_CACHE_DIR", str(tmp_path / "cache"))
+    assert clickstream(["sql", "SELECT count(*) FROM events"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clickstream sql: cannot read s3://no-such-archive")
+    assert "NoSuchBucket" in err and len(err.splitlines()) == 1
