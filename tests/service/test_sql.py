@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlglot
+from sqlglot import exp
 
 from consumers.archive_format import EVENT_SCHEMA
 from service.cli import main as clickstream
@@ -32,6 +34,13 @@ PORTLAND = ("Portland", "Oregon", "US")
 PORTLAND_ME = ("Portland", "Maine", "US")
 
 _counter = iter(range(1_000_000))
+
+# Functions that DuckDB and Athena (Trino) both have, with the same meaning; an example query
+# that needs another one would not run unchanged on Athena.
+PORTABLE_FUNCTIONS = (
+    exp.Avg, exp.Case, exp.Cast, exp.Coalesce, exp.Count, exp.DateTrunc, exp.If, exp.Max,
+    exp.Min, exp.Nullif, exp.Round, exp.Sum, exp.TimestampTrunc,
+)  # fmt: skip
 
 
 def event(
@@ -119,6 +128,30 @@ def test_every_example_has_a_title_and_runs_on_an_empty_archive(tmp_path: Path) 
     for example in shipped.values():
         assert example.title and not example.title.startswith("-")
         engine.run(con, example.sql)
+
+
+def test_examples_use_only_sql_athena_shares() -> None:
+    for example in examples().values():
+        tree = sqlglot.parse_one(example.sql, read="duckdb")
+        functions = {type(n) for n in tree.walk() if isinstance(n, exp.Func)}
+        foreign = {f.__name__ for f in functions if not issubclass(f, PORTABLE_FUNCTIONS)}
+        assert foreign == set(), example.name
+        # DuckDB-only syntax: GROUP BY ALL, SELECT * EXCLUDE, QUALIFY.
+        assert not any(isinstance(n, exp.Group) and n.args.get("all") for n in tree.walk())
+        assert not any(isinstance(n, exp.Star) and n.args.get("except") for n in tree.walk())
+        assert not list(tree.find_all(exp.Qualify)), example.name
+
+
+def test_the_portability_check_catches_duckdb_only_sql() -> None:
+    for sql in (
+        "SELECT strftime(event_time, '%H') AS h FROM events",
+        "SELECT list_value(1, 2)",
+        "SELECT city, count(*) FROM events GROUP BY ALL",
+    ):
+        tree = sqlglot.parse_one(sql, read="duckdb")
+        functions = {type(n) for n in tree.walk() if isinstance(n, exp.Func)}
+        grouped_all = any(isinstance(n, exp.Group) and n.args.get("all") for n in tree.walk())
+        assert grouped_all or any(not issubclass(f, PORTABLE_FUNCTIONS) for f in functions), sql
 
 
 def test_funnel_by_city_counts_distinct_visitors_per_stage(archive: Path) -> None:
