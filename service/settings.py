@@ -115,7 +115,10 @@ class Settings(BaseSettings):
 
     # Consumer (`clickstream consume` and the service's worker; see consumers/scheduler.py).
     worker_id: str | None = Field(
-        None, max_length=200, description="lease owner name; hostname + random suffix when unset"
+        None,
+        max_length=200,
+        description="lease owner name, unique per live worker; when unset, one kept in the "
+        "state directory per running process slot (a restart resumes its leases at once)",
     )
     poll_seconds: float = Field(
         0.5, ge=0, le=60, description="wait between GetRecords calls at the tip of a shard"
@@ -131,6 +134,15 @@ class Settings(BaseSettings):
     )
     top_cities: int = Field(
         20, ge=1, le=100_000, description="cities with their own CloudWatch series; others: Other"
+    )
+    failover_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="lease failover time: a silent worker's shards are taken after this",
+    )
+    fleet_refresh_seconds: float = Field(
+        5.0, gt=0, le=600, description="re-read other workers' shard snapshots for the summary"
     )
     archive_ip_mode: Literal["full", "truncated", "hashed"] = "full"
     archive_ip_key: str | None = Field(
