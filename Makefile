@@ -4,11 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 KINESALITE := tests/kinesalite/node_modules/.installed
-# Debian packages the tests drive for real: logrotate (rotation tests), graphviz (the diagram is
-# up to date), docker-compose (validates docker-compose.yml). graphviz has no command of that
-# name: its check always misses, and apt-get then finds it installed. chromium: the dashboard's
-# headless browser test.
-DEBIAN_TOOLS := logrotate graphviz docker-compose chromium
+# Debian packages the tests drive for real, as package=command: logrotate (rotation tests),
+# graphviz (the diagram is up to date), docker-compose (validates docker-compose.yml), chromium
+# (the dashboard's headless browser test).
+DEBIAN_TOOLS := logrotate=logrotate graphviz=dot docker-compose=docker-compose chromium=chromium
 TOOLS_STAMP := $(VENV)/.debian-tools
 
 .PHONY: demo test lint unit install clean
@@ -49,8 +48,9 @@ $(KINESALITE): tests/kinesalite/package.json tests/kinesalite/package-lock.json
 # Installs what is missing when run as root (CI, these machines); elsewhere it says what to install
 # and the tests that need it skip with that reason.
 $(TOOLS_STAMP): $(BIN)/python Makefile
-	@missing=""; for tool in $(DEBIAN_TOOLS); do \
-	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	@missing=""; for pair in $(DEBIAN_TOOLS); do \
+	  package=$${pair%%=*}; tool=$${pair##*=}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$package"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
