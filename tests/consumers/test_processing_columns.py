@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumers import parse
 from consumers.archive_format import EventColumns, IpPrivacy, rejects_table
 from consumers.counters import ShardState
 from consumers.decode import _decode_one_by_one, _envelopes, decode_record, split_envelope
@@ -256,3 +257,21 @@ def test_a_record_at_once_splits_envelopes_as_one_at_a_time(items: list[bytes]) 
     data = items[0] if len(items) == 1 else b"plain record"
     decoded = decode_record(SHARD, "42", 1.5, data)
     assert decoded == _decode_one_by_one(SHARD, "42", 1.5, [data])
+
+
+address_like = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.lists(
+        st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "٣", " 1", "", "x"])),
+        min_size=3,
+        max_size=5,
+    ).map(".".join),
+    st.text(alphabet="0123456789.:abcdef%", max_size=20),
+)
+
+
+@given(address_like)
+@settings(max_examples=500, deadline=None)
+def test_canonical_ipv4_shortcut_agrees_with_ipaddress(text: str) -> None:
+    parse._addresses.pop(text, None)
+    assert parse._canonical_address(text) == parse._canonical_address_slowly(text)
