@@ -148,7 +148,7 @@ def json_lines(draw: st.DrawFn) -> tuple[bytes, Hit]:
         document["useragent"] = user_agent
         geo = draw(st.lists(st.text(max_size=12), min_size=5, max_size=5))
         document.update(zip(("country", "region", "city", "lat", "lon"), geo, strict=True))
-        time, offset, file_geo = seconds, None, FileGeo(*geo)
+        time, offset, file_geo = seconds, None, FileGeo(*map(dash_is_none, geo))
     else:
         document["time"] = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}Z"
         document["userAgent"] = user_agent
