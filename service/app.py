@@ -2,17 +2,17 @@
 
 Routes (schemas in `service.api_models`, served at `/docs`):
 
-- `GET /healthz` liveness: the event loop answers and the consumer thread (and, once started,
-  its worker) is alive. No AWS call: a restart cannot fix an unreachable AWS, so liveness must
-  not depend on it.
+- `GET /healthz` liveness: the event loop answers, and so does the consumer (a child process,
+  `service.consumer_process`), whose worker, once started, is alive. No AWS call: a restart
+  cannot fix an unreachable AWS, so liveness must not depend on it.
 - `GET /readyz` readiness with reasons (`service.readiness`), 503 when any check fails.
 - `GET /metrics` Prometheus text (`service.pipeline_metrics`).
 - `GET /api/summary?window=5m|1h|24h&limit=N` the counters' summary, computed on request.
 - `GET /api/stream?window=...&limit=N` server-sent events: the summary every `push_seconds`.
 - `GET /` the live dashboard (`service/web/`), which listens to `/api/stream`.
 
-One push loop computes the three windows' summaries every `push_seconds` on the consumer's
-loop; the stream's clients, however many, and `/metrics` share those, so neither a dozen open
+One push loop has the consumer compute the three windows' summaries every `push_seconds`; the
+stream's clients, however many, and `/metrics` share those, so neither a dozen open
 dashboards nor a Prometheus scrape adds work for the consumer.
 """
 
@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from consumers.windows import WINDOW_MINUTES
 from service.api_models import Liveness, Problem, ReadinessReport, Summary, Window
 from service.cli.consume import build_config
-from service.consumer_thread import ConsumerThread
+from service.consumer_process import STALE_STATUS_S, ConsumerProcess
 from service.pipeline_metrics import PipelineCollector, build_registry
 from service.readiness import Readiness
 from service.settings import Settings
@@ -62,7 +62,7 @@ class ServiceState:
     """What the routes share; built by the lifespan, handed to routes as a dependency."""
 
     settings: Settings
-    consumer: ConsumerThread
+    consumer: ConsumerProcess
     readiness: Readiness
     registry: CollectorRegistry
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -89,23 +89,23 @@ State = Annotated[ServiceState, Depends(service_state)]
 
 
 def create_app(
-    settings: Settings, *, consumer: ConsumerThread | None = None, cloudwatch: bool = True
+    settings: Settings, *, consumer: ConsumerProcess | None = None, cloudwatch: bool = True
 ) -> FastAPI:
     """The app; `consumer` is built from `settings` unless a test hands one in."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        thread = consumer or ConsumerThread(settings, build_config(settings), metrics=cloudwatch)
-        readiness = Readiness(settings, thread)
+        child = consumer or ConsumerProcess(settings, build_config(settings), metrics=cloudwatch)
+        readiness = Readiness(settings, child)
         service: ServiceState | None = None
 
         def summaries() -> dict[str, dict[str, Any]]:
             return service.latest if service is not None else {}
 
-        collector = PipelineCollector(thread, summaries, settings.top_cities)
-        service = ServiceState(settings, thread, readiness, build_registry(collector))
+        collector = PipelineCollector(child, summaries, settings.top_cities)
+        service = ServiceState(settings, child, readiness, build_registry(collector))
         app.state.service = service
-        await asyncio.to_thread(thread.start)
+        await asyncio.to_thread(child.start)
         await readiness.open()
         pusher = asyncio.create_task(_push_loop(service), name="service:push")
         try:
@@ -117,7 +117,7 @@ def create_app(
                 await pusher
             await readiness.close()
             started = time.monotonic()
-            await asyncio.to_thread(thread.stop)
+            await asyncio.to_thread(child.stop)
             log.info("service stopped (consumer stop took %.1f s)", time.monotonic() - started)
 
     app = FastAPI(
@@ -155,9 +155,7 @@ async def _push_loop(service: ServiceState) -> None:
             try:
                 latest = {}
                 for window in WINDOW_MINUTES:
-                    latest[window] = await consumer.call(
-                        lambda w=window: consumer.summary(w, limit)  # type: ignore[misc]
-                    )
+                    latest[window] = await consumer.summary(window, limit)
                 service.latest = latest
                 service.version += 1
                 pushed, service.pushed = service.pushed, asyncio.Event()
@@ -170,14 +168,20 @@ async def _push_loop(service: ServiceState) -> None:
 def _routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Liveness, responses={503: {"model": Liveness}})
     async def healthz(service: State) -> JSONResponse:
-        """Liveness: answers from the event loop; 503 when the consumer thread or its worker
-        died (a restart helps). Waiting for AWS at start-up is not a liveness failure."""
+        """Liveness: answers from the event loop; 503 when the consumer process stopped
+        answering, or its thread or worker died (a restart helps). Waiting for AWS at start-up
+        is not a liveness failure."""
         consumer = service.consumer
-        if not consumer.thread_alive:
+        status = consumer.status
+        if not consumer.process_alive or status is None:
+            return JSONResponse({"status": "failing", "consumer": "process ended"}, 503)
+        if consumer.status_age() > STALE_STATUS_S:
+            return JSONResponse({"status": "failing", "consumer": "not answering"}, 503)
+        if not status.thread_alive:
             return JSONResponse({"status": "failing", "consumer": "thread ended"}, 503)
-        if consumer.worker is not None and not consumer.worker.is_running:
+        if status.worker_started and not status.running:
             return JSONResponse({"status": "failing", "consumer": "worker stopped"}, 503)
-        state = "running" if consumer.worker is not None else "starting"
+        state = "running" if status.worker_started else "starting"
         return JSONResponse({"status": "ok", "consumer": state})
 
     @app.get("/readyz", response_model=ReadinessReport, responses={503: {"model": ReadinessReport}})
@@ -210,7 +214,7 @@ def _routes(app: FastAPI) -> None:
         consumer = service.consumer
         if not consumer.running:
             return JSONResponse({"detail": "the consumer is not running yet"}, 503)
-        body = await consumer.call(lambda: consumer.summary(window, limit))
+        body = await consumer.summary(window, limit)
         return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get(

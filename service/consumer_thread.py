@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from consumers.client_address import TrustedProxies
@@ -36,7 +37,7 @@ from consumers.geo.reloading import ReloadingGeoLocator
 from consumers.scheduler import ConsumerWorker, WorkerConfig
 from consumers.windows import minute_start, window_first_minute, window_minutes
 from service.aws import aws_client
-from service.call_watch import CallWatch
+from service.call_watch import CallWatch, OperationHealth
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,29 @@ STOP_MARGIN_S: Final = 3.0
 """Time beyond the worker's own stop deadline for closing clients before the thread is left."""
 
 CityName = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatus:
+    """What the web side knows of the consumer between two snapshots (`ConsumerThread.status`).
+    Times are `time.monotonic()`, which on Linux is one clock for every process."""
+
+    at: float
+    thread_alive: bool
+    worker_started: bool
+    running: bool
+    start_error: str | None
+    geo_loaded: str | None
+    """The loaded database's type; None while none is loaded (`geo_error` says why)."""
+    geo_error: str | None
+    records: int
+    commits: int
+    shard_failures: int
+    shards: dict[str, int]
+    """Held shard -> milliseconds behind the stream's tip."""
+    operations: dict[tuple[str, str], OperationHealth]
+    last_fetches: dict[str, float]
+    stopped_cleanly: bool
 
 
 class PlaceCoordinates:
@@ -127,6 +151,44 @@ class ConsumerThread:
 
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(invoke(), loop)
         return await asyncio.wrap_future(future)
+
+    def call_blocking(self, fn: Callable[[], T], timeout: float) -> T:
+        """`fn()` on the worker's loop, waited for from another (non-asyncio) thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the consumer is not running")
+
+        async def invoke() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(invoke(), loop).result(timeout)
+
+    def status(self) -> ConsumerStatus:
+        """A snapshot of everything health, readiness and /metrics read; plain values only
+        (it crosses a process boundary), safe to take from another thread."""
+        worker = self.worker
+        geo = self.geo
+        geo_loaded: str | None = None
+        if geo is not None:
+            with contextlib.suppress(Exception):  # a reader closed under us
+                geo_loaded = geo.database_type
+        processors = list(worker.processors.values()) if worker is not None else []
+        return ConsumerStatus(
+            at=time.monotonic(),
+            thread_alive=self.thread_alive,
+            worker_started=worker is not None,
+            running=self.running,
+            start_error=self.start_error,
+            geo_loaded=geo_loaded,
+            geo_error=self.geo_error,
+            records=worker.stats.records if worker is not None else 0,
+            commits=worker.stats.commits if worker is not None else 0,
+            shard_failures=worker.stats.shard_failures if worker is not None else 0,
+            shards={p.shard_id: p.stats.millis_behind_latest or 0 for p in processors},
+            operations=self.calls.operations(),
+            last_fetches=self.calls.last_fetches(),
+            stopped_cleanly=self.stopped_cleanly,
+        )
 
     # ---- queries (run on the worker's loop through `call`) ------------------------------------
 

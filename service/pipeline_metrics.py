@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.counters import OTHER
-from service.consumer_thread import ConsumerThread
+from service.consumer_process import ConsumerProcess
 
 WINDOW_FIELDS = ("page_views", "visitors", "menu_viewers", "purchasers", "rejected_lines")
 
@@ -29,7 +29,7 @@ WINDOW_FIELDS = ("page_views", "visitors", "menu_viewers", "purchasers", "reject
 class PipelineCollector(Collector):
     def __init__(
         self,
-        consumer: ConsumerThread,
+        consumer: ConsumerProcess,
         summaries: Callable[[], dict[str, dict[str, Any]]],
         top_cities: int,
         clock: Callable[[], float] = time.monotonic,
@@ -48,31 +48,27 @@ class PipelineCollector(Collector):
         up = GaugeMetricFamily("clickstream_consumer_up", "1 while the consumer worker runs")
         up.add_metric([], 1.0 if self.consumer.running else 0.0)
         yield up
-        worker = self.consumer.worker
-        if worker is None:
+        status = self.consumer.status
+        if status is None or not status.worker_started:
             return
-        stats = worker.stats
         for name, value, doc in (
-            ("clickstream_consumer_lines", stats.records, "Log lines handed to the processors"),
-            ("clickstream_consumer_commits", stats.commits, "Shard commits (archive+checkpoint)"),
-            ("clickstream_consumer_shard_failures", stats.shard_failures, "Shard tasks failed"),
+            ("clickstream_consumer_lines", status.records, "Log lines handed to the processors"),
+            ("clickstream_consumer_commits", status.commits, "Shard commits (archive+checkpoint)"),
+            ("clickstream_consumer_shard_failures", status.shard_failures, "Shard tasks failed"),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], float(value))
             yield counter
-        processors = list(worker.processors.values())
         held = GaugeMetricFamily("clickstream_consumer_shards_held", "Shards being read")
-        held.add_metric([], float(len(processors)))
+        held.add_metric([], float(len(status.shards)))
         yield held
         behind = GaugeMetricFamily(
             "clickstream_consumer_millis_behind_latest",
             "How far each held shard's reader is behind the stream's tip",
             labels=["shard"],
         )
-        for processor in processors:
-            behind.add_metric(
-                [processor.shard_id], float(processor.stats.millis_behind_latest or 0)
-            )
+        for shard, millis in sorted(status.shards.items()):
+            behind.add_metric([shard], float(millis))
         yield behind
         now = self._clock()
         age = GaugeMetricFamily(
@@ -80,10 +76,9 @@ class PipelineCollector(Collector):
             "Seconds since each held shard's last successful GetRecords",
             labels=["shard"],
         )
-        fetches = self.consumer.calls.last_fetches()
-        for processor in processors:
-            if processor.shard_id in fetches:
-                age.add_metric([processor.shard_id], now - fetches[processor.shard_id])
+        for shard in sorted(status.shards):
+            if shard in status.last_fetches:
+                age.add_metric([shard], now - status.last_fetches[shard])
         yield age
 
     def _calls(self) -> Iterator[Any]:
@@ -98,7 +93,9 @@ class PipelineCollector(Collector):
             labels=["service", "operation"],
         )
         now = self._clock()
-        for (service, operation), health in sorted(self.consumer.calls.operations().items()):
+        status = self.consumer.status
+        operations = status.operations if status is not None else {}
+        for (service, operation), health in sorted(operations.items()):
             calls.add_metric([service, operation, "ok"], float(health.calls - health.failures))
             calls.add_metric([service, operation, "error"], float(health.failures))
             failing.add_metric([service, operation], health.failing_for(now))

@@ -29,8 +29,8 @@ from typing import Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from service.aws import aws_client
-from service.call_watch import ARCHIVE_OPERATION, METRICS_OPERATION
-from service.consumer_thread import ConsumerThread
+from service.call_watch import ARCHIVE_OPERATION, METRICS_OPERATION, OperationHealth
+from service.consumer_process import ConsumerProcess
 from service.settings import Settings
 
 PROBE_TTL_S: Final = 5.0
@@ -53,7 +53,7 @@ class Readiness:
     def __init__(
         self,
         settings: Settings,
-        consumer: ConsumerThread,
+        consumer: ConsumerProcess,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -98,20 +98,21 @@ class Readiness:
     # ---- the checks ---------------------------------------------------------------------------
 
     def _consumer_check(self) -> Check:
+        status = self.consumer.status
         if self.consumer.running:
             return Check("consumer", True, "running")
-        if not self.consumer.thread_alive:
+        if not self.consumer.process_alive or status is None:
+            return Check("consumer", False, "the consumer process has ended")
+        if not status.thread_alive:
             return Check("consumer", False, "the consumer thread has ended")
-        return Check("consumer", False, self.consumer.start_error or "starting")
+        return Check("consumer", False, status.start_error or "starting")
 
     def _geo_check(self) -> Check:
-        geo = self.consumer.geo
-        if geo is None:
-            return Check("geo", False, self.consumer.geo_error or "not loaded yet")
-        try:
-            return Check("geo", True, f"{geo.database_type} loaded")
-        except Exception as exc:  # a reader closed under us
-            return Check("geo", False, f"database unusable: {exc}")
+        status = self.consumer.status
+        if status is None or status.geo_loaded is None:
+            error = status.geo_error if status is not None else None
+            return Check("geo", False, error or "not loaded yet")
+        return Check("geo", True, f"{status.geo_loaded} loaded")
 
     async def _aws_checks(self, now: float) -> list[Check]:
         async with self._probe_lock:
@@ -146,12 +147,12 @@ class Readiness:
         return Check(f"aws.{name}", True, f"{endpoint} reachable")
 
     def _shards_check(self, now: float) -> Check:
-        worker = self.consumer.worker
-        held = sorted(worker.processors) if worker is not None else []
+        status = self.consumer.status
+        held = sorted(status.shards) if status is not None else []
         for shard in [s for s in self._held_since if s not in held]:
             del self._held_since[shard]
         limit = self.settings.ready_fetch_seconds
-        fetched = self.consumer.calls.last_fetches()
+        fetched = status.last_fetches if status is not None else {}
         stale = []
         for shard in held:
             since = self._held_since.setdefault(shard, now)
@@ -163,7 +164,9 @@ class Readiness:
         return Check("shards", True, f"{len(held)} held, each read within {limit:.0f} s")
 
     def _sink_check(self, name: str, operation: tuple[str, str], now: float) -> Check:
-        health = self.consumer.calls.operation(operation)
+        status = self.consumer.status
+        operations = status.operations if status is not None else {}
+        health = operations.get(operation, OperationHealth())
         limit = self.settings.ready_sink_seconds
         failing = health.failing_for(now)
         if failing > limit:
