@@ -1,15 +1,14 @@
-"""The consumer worker on an event loop of its own, in a thread beside the web server.
+"""The consumer worker on an event loop of its own, in a thread of the consumer process.
 
-Processing a GetRecords batch is CPU work that does not yield (up to `flush_records` lines,
-tenths of a second). On the web server's loop it would stall every request for that long, and
-`/healthz` must answer in milliseconds while the consumer is busy. So the worker gets its own
-loop in its own thread (GIL switches every millisecond, `clickstream serve` sets that), and the
-web side reaches it in two ways only:
+`service.consumer_process` runs this in the service's child process: the worker's loop on this
+thread, and the process's main thread answering the service (status snapshots, summaries). The
+two meet in two ways only:
 
-- `call(fn)`: run `fn` on the worker's loop and await its result: anything that reads the
-  counters (a summary), since the state must not be read while a batch is being added;
-- plain reads of whole values (`worker.stats` integers, `CallWatch` records), which are safe
-  across threads in Python.
+- `call_blocking(fn)`: run `fn` on the worker's loop and wait for its result:
+  anything that reads the counters (a summary), since the state must not be read while a
+  batch is being added;
+- `status()`: plain reads of whole values (`worker.stats` integers, `CallWatch` records), which
+  are safe across threads in Python.
 
 Starting never gives up: when AWS is unreachable or the stream is missing, the thread keeps
 trying (the service stays up, `/readyz` says why it is not ready), as a container that came up
@@ -20,7 +19,6 @@ bounded by its 25 s.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -139,18 +137,6 @@ class ConsumerThread:
         """The thread lives and the worker's own coordination task too."""
         worker = self.worker
         return self._thread.is_alive() and worker is not None and worker.is_running
-
-    async def call(self, fn: Callable[[], T]) -> T:
-        """`fn()` on the worker's loop, awaited from the caller's loop."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            raise RuntimeError("the consumer is not running")
-
-        async def invoke() -> T:
-            return fn()
-
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(invoke(), loop)
-        return await asyncio.wrap_future(future)
 
     def call_blocking(self, fn: Callable[[], T], timeout: float) -> T:
         """`fn()` on the worker's loop, waited for from another (non-asyncio) thread."""

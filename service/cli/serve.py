@@ -1,6 +1,7 @@
 """`clickstream serve`: the always-on service (the ECS container's command).
 
-uvicorn serves `service.app`; the app's lifespan runs the consumer worker on its own thread.
+uvicorn serves `service.app`; the app's lifespan runs the consumer worker in a child process
+(`service.consumer_process`), so requests never wait for the consumer's CPU work.
 SIGTERM (ECS stop) or SIGINT: open event streams end at once, uvicorn stops taking requests,
 then the lifespan stops the consumer (drain, commit every shard, evict the leases, within its
 25 s) and the process exits 0, inside ECS's 30 s stopTimeout.
@@ -12,7 +13,6 @@ import argparse
 import contextlib
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, Final
@@ -27,9 +27,6 @@ from service.settings import Settings
 
 HELP = "run the service: consumer worker, health, metrics, API and live dashboard"
 
-SWITCH_INTERVAL_S: Final = 0.001
-"""The consumer's thread hands the GIL over at least this often, so a request waiting for it
-waits a millisecond, not Python's default 5 ms, a few times per request."""
 URL_PREFIX: Final = "SERVICE_URL="
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 GRACEFUL_HTTP_S: Final = 2.0
@@ -99,7 +96,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     listen_port = settings.serve_port if args.port is None else args.port
     app = create_app(settings, cloudwatch=not args.no_metrics)
     tune_garbage_collector()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     config = uvicorn.Config(
         app,
         host=host,
