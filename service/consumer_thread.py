@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RETRY_START_S: Final = 5.0
+RETRY_START_S: Final = (0.5, 1.0, 2.0, 5.0)
+"""Waits between start attempts: quick at first (the demo starts the service while setup is
+still creating the stream), then every 5 s."""
 STOP_MARGIN_S: Final = 3.0
 """Time beyond the worker's own stop deadline for closing clients before the thread is left."""
 
@@ -224,12 +226,15 @@ class ConsumerThread:
             for client in (kinesis, dynamodb, s3, cloudwatch):
                 if client is not None:
                     self.calls.attach(client)
+            attempt = 0
             while not self._stop.is_set():
                 if await self._try_start(kinesis, dynamodb, s3, cloudwatch):
                     break
                 self._first_attempt.set()
+                wait_s = RETRY_START_S[min(attempt, len(RETRY_START_S) - 1)]
+                attempt += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), RETRY_START_S)
+                    await asyncio.wait_for(self._stop.wait(), wait_s)
             self._first_attempt.set()
             await self._stop.wait()
             if self.worker is not None and self.worker.is_running:
@@ -267,7 +272,7 @@ class ConsumerThread:
             await worker.start()
         except Exception as exc:
             self.start_error = f"consumer cannot start: {type(exc).__name__}: {exc}"[:500]
-            log.error("%s; trying again in %.0f s", self.start_error, RETRY_START_S)
+            log.warning("%s; trying again", self.start_error)
             with contextlib.suppress(Exception):
                 await worker.stop()
             return False

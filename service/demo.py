@@ -91,9 +91,12 @@ class DemoSupervisor:
                 break
         raise DemoError("the local AWS stack did not start (see its messages above)")
 
-    def start_service(self, args: Sequence[str], timeout: float = 60.0) -> str:
-        """Start `clickstream serve` and return its URL once it accepts requests."""
-        part = self.start("service", ["serve", *args], stdout=subprocess.PIPE)
+    def start_service(self, args: Sequence[str]) -> Part:
+        """Start `clickstream serve`; it loads while the other parts start (`service_url`)."""
+        return self.start("service", ["serve", *args], stdout=subprocess.PIPE)
+
+    def service_url(self, part: Part, timeout: float = 60.0) -> str:
+        """The service's URL, once it accepts requests."""
         assert part.process.stdout is not None
         stdout = part.process.stdout
         deadline = time.monotonic() + timeout

@@ -70,13 +70,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         endpoint = supervisor.start_local_aws()
         log.info("local AWS stack at %s", endpoint)
+        # The service loads (a few seconds of imports) while setup creates what it reads; until
+        # the stream exists its consumer retries by itself.
+        serve_port = settings.serve_port if args.port is None else args.port
+        service = supervisor.start_service(["--host", "127.0.0.1", "--port", str(serve_port)])
         supervisor.run_once("setup", ["setup"])
         simulate = ["simulate", "--rate", str(args.rate), "--seed", str(args.seed)]
         supervisor.start("simulator", [*simulate, "--out", str(access_log)])
         agent = ["agent", str(access_log), "--from-start", "--no-progress"]
         supervisor.start("agent", [*agent, "--metrics-port", str(args.agent_metrics_port)])
-        serve_port = settings.serve_port if args.port is None else args.port
-        url = supervisor.start_service(["--host", "127.0.0.1", "--port", str(serve_port)])
+        url = supervisor.service_url(service)
         print(
             f"\nDemo running: simulated café traffic -> {access_log} -> agent -> "
             f"Kinesis stream {settings.stream} -> service\n"
