@@ -5,6 +5,11 @@
 steps after it do not run, so the lease row never names a position whose records are not in S3
 (archive objects and state snapshot) both:
 
+0. the fence: with a lease coordinator, the lease must still be ours and inside its fencing
+   limit (`LeaseTable.may_write`), or `LeaseLostError` before anything is written: a worker
+   that may have been judged expired writes neither archive objects nor snapshots for a shard
+   another worker may be processing (the conditional checkpoint alone would come too late
+   for the side effects of steps 1-3);
 1. flush the shard's archive sink (its objects are durable when `flush()` returns);
 2. fold the CloudWatch sink's acknowledged cursor into the state (`mark_published`), so the
    snapshot's publication cursor covers only minutes CloudWatch accepted;
@@ -44,7 +49,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from consumers.counters import CityKey, MinuteIncrements, ShardState
-from consumers.leases import Checkpoint, Lease, LeaseTable
+from consumers.leases import Checkpoint, Lease, LeaseLostError, LeaseTable
 from consumers.sinks.base import CheckpointedSink, FlushResult, Pending
 from consumers.sinks.cloudwatch import (
     CloudWatchSink,
@@ -225,6 +230,9 @@ class ShardCommitter:
         """
         async with self._lock:
             started = time.perf_counter()
+            # 0. Still ours, inside the fence: nothing is written for a shard we may have lost.
+            if not self._leases.may_write(self.shard_id):
+                raise LeaseLostError(f"{self.shard_id}: not held or fenced; nothing committed")
             # 1. The archive objects for these records.
             archived = await self._archive.flush()
             # 2. What CloudWatch accepted goes into the state, so the snapshot's cursor covers

@@ -50,6 +50,7 @@ The scheduler's side (wiring):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -168,6 +169,13 @@ class LeaseCoordinator:
         self.lost: set[str] = set()
         """Shards taken from us (or fenced) since the scheduler last cleared this set."""
         self.last_scan_at: float | None = None
+        self.table_view: dict[str, Lease] = {}
+        """Every row as of the last take round's scan (the fleet view: who holds what, and
+        the checkpoint that names each shard's latest snapshot)."""
+        self._former_life: set[str] | None = None
+        """Rows naming us at our first scan: a previous process with our worker id left
+        them (crashed), so nobody else can be working on them and they are ours at once."""
+        self._wake = asyncio.Event()
         self.taking = True
         """False after `stop_taking`: rounds still scan and notice losses, but take nothing."""
         self.stats = CoordinatorStats()
@@ -267,7 +275,7 @@ class LeaseCoordinator:
         now = self._clock()
         self._expiry.observe(leases.values(), now)
         lost = self._notice_lost(leases, now)
-        plan = plan_takes(leases, self._expiry.expired(now), self.worker_id, self._listed)
+        plan = plan_takes(leases, self._available(leases, now), self.worker_id, self._listed)
         if not self.taking:
             plan = TakePlan(plan.target, plan.workers)
         taken = [shard for shard in plan.take if await self._take(leases[shard])]
@@ -280,7 +288,25 @@ class LeaseCoordinator:
     async def _scan(self) -> dict[str, Lease]:
         leases = {lease.lease_key: lease for lease in await self.table.list_leases()}
         self.last_scan_at = self._clock()
+        self.table_view = leases
         return leases
+
+    def _available(self, leases: Mapping[str, Lease], now: float) -> frozenset[str]:
+        """Expired leases, plus rows our former life left (`_former_life`): a restart with
+        the same worker id resumes at once instead of after the failover time. Only the
+        first scan decides what the former life left; a lease we lose later is ours again
+        only once expired, like anyone's."""
+        if self._former_life is None:
+            self._former_life = {
+                key for key, lease in leases.items() if lease.lease_owner == self.worker_id
+            } - self._held.keys()
+        me = self.worker_id
+        self._former_life = {
+            key
+            for key in self._former_life - self._held.keys()
+            if (row := leases.get(key)) is not None and row.lease_owner == me
+        }
+        return self._expiry.expired(now) | self._former_life
 
     async def _create_missing(
         self, shards: Mapping[str, ShardInfo], leases: Mapping[str, Lease]
@@ -451,6 +477,11 @@ class LeaseCoordinator:
             except Exception:
                 log.exception("lease renewal round failed")
 
+    def wake(self) -> None:
+        """Run the next take round (with discovery) now rather than at its interval: a shard
+        ended, so its children may have become work."""
+        self._wake.set()
+
     async def _take_loop(
         self, list_shards: Callable[[], Awaitable[Mapping[str, ShardInfo]]] | None
     ) -> None:
@@ -462,7 +493,9 @@ class LeaseCoordinator:
                 raise
             except Exception:
                 log.exception("lease take round failed; trying again")
-            await asyncio.sleep(self.config.take_every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.take_every_s)
+            self._wake.clear()
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -493,6 +526,10 @@ class CoordinatedLeaseTable(LeaseTable):
         table = coordinator.table
         super().__init__(table.dynamodb, table.table_name, table.owner)
         self.coordinator = coordinator
+
+    def may_write(self, shard_id: str) -> bool:
+        """Held, past a steal's wait, and inside the fence (`LeaseCoordinator.held_valid`)."""
+        return self.coordinator.held_valid(shard_id)
 
     async def checkpoint(
         self, lease: Lease, sequence_number: str, sub_sequence_number: int

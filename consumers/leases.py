@@ -265,6 +265,12 @@ class LeaseTable:
 
     # ---- checkpoints --------------------------------------------------------------------------
 
+    def may_write(self, shard_id: str) -> bool:
+        """May a commit of `shard_id` start its side effects (S3, CloudWatch) now? A plain
+        table cannot know before the conditional checkpoint, so yes; the coordinator's table
+        (`consumers.coordinator.CoordinatedLeaseTable`) answers from its fence."""
+        return True
+
     async def checkpoint(
         self, lease: Lease, sequence_number: str, sub_sequence_number: int
     ) -> Lease:

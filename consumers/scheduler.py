@@ -1,21 +1,35 @@
-"""The consumer worker: every shard's lease, one processing task per readable shard, the metrics
-publish loop, and a graceful stop. The one place that wires leases, readers and processors.
+"""The consumer worker: the leases the coordinator gives it, one processing task per held
+shard, the fleet's numbers for the summary, the metrics publish loop, and a graceful stop. The
+one place that wires leases, readers and processors.
 
-This is the single-worker scheduler: it takes every lease (whoever held it last: after a crash
-that is this worker's former self) and reads every shard whose parents are done
-(`consumers.shard_graph`). Fair sharing between workers, renewals and expiry belong to the lease
-coordinator that is meant to sit on the same `LeaseTable` verbs.
+Leases are the coordinator's (`consumers.coordinator`): it takes this worker's fair share of
+the KCL-format lease table, renews, steals, fences and discovers new shards on its own loop.
+A single worker takes every lease, as before; a restart with the same worker id takes its
+former life's leases back at once, a new id waits for them to expire (the failover time). This
+module only follows `coordinator.held` on a short tick: a processor for each newly held shard,
+`lease_lost` (and the task cancelled) for a running shard no longer held. Commits go through
+`CoordinatedLeaseTable`, so each one is fenced (`held_valid`) before its side effects and its
+checkpoint uses the coordinator's current lease.
 
 A shard task is `initialize` -> (`process_records`, commit when due)* -> one end: `shard_ended`
-(its children become readable in the next round), `lease_lost`, or the worker's stop. A task
-that fails (S3 refused a commit after its retries, the reader gave up) is dropped with its
-uncommitted state, and the next round takes the shard again from its checkpoint and snapshot:
-the archive's key rule and the state's high-water mark make the replay harmless.
+(the coordinator is woken, so its children are taken at once, not a take interval later),
+`lease_lost`, or the worker's stop. A task that fails (S3 refused a commit after its retries,
+the reader gave up) is dropped with its uncommitted state, and the shard, still held, is
+started again from its checkpoint and snapshot: the archive's key rule and the state's
+high-water mark make the replay harmless.
 
-Stopping (SIGTERM, DESIGN.md §4): stop fetching, let each task finish the batch in hand, commit
-every shard (publishing the still-open minutes when asked: a batch run's end), give CloudWatch
-what it was handed, commit again so the snapshots carry the acknowledged cursor, and evict our
-leases, all within `stop_timeout_s` (ECS's 30 s).
+The fleet's numbers: visitors stay on one shard (the partition key is the client address), so
+per-shard states add up exactly. `summary()` merges this worker's shards, the states of ended
+shards, and, for every shard another worker holds, the snapshot its lease checkpoint names
+(re-read every `fleet_refresh_s` when the checkpoint moved). The summary's ``fleet`` field says
+which shard came from where and how old each snapshot is: a remote shard counts as of its
+owner's last commit.
+
+Stopping (SIGTERM, DESIGN.md §4): take nothing more (renewals go on), stop fetching, let each
+task finish the batch in hand, commit every shard (publishing the still-open minutes when
+asked: a batch run's end), give CloudWatch what it was handed, commit again so the snapshots
+carry the acknowledged cursor, and evict our leases so the other workers take them at once,
+all within `stop_timeout_s` (ECS's 30 s).
 """
 
 from __future__ import annotations
@@ -32,15 +46,22 @@ from typing import Any, Final
 
 from consumers.archive_format import IpPrivacy
 from consumers.checkpoint import CommitPolicy, MinuteAtomicSink
+from consumers.coordinator import (
+    DEFAULT_FAILOVER_S,
+    CoordinatedLeaseTable,
+    CoordinatorConfig,
+    CoordinatorStats,
+    LeaseCoordinator,
+)
 from consumers.counters import CityKey, ShardState, summarize, top_cities
 from consumers.enrich import Enricher
-from consumers.leases import SHARD_END, Checkpoint, Lease, LeaseError, LeaseLostError, LeaseTable
+from consumers.leases import SHARD_END, Checkpoint, Lease, LeaseLostError, LeaseTable
 from consumers.lineage import parse_hash_range, release
 from consumers.processor import ShardProcessor
 from consumers.reader import ReadBatch, ShardEnded, ShardReader
-from consumers.shard_graph import ShardInfo, readable_shards, shard_infos
+from consumers.shard_graph import ShardInfo, shard_infos
 from consumers.sinks.s3_archive import S3ArchiveSink
-from consumers.snapshots import SnapshotStore
+from consumers.snapshots import SnapshotMissingError, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +69,11 @@ _SHARD_END: Final = Checkpoint(SHARD_END)
 
 DEFAULT_STOP_TIMEOUT_S: Final = 25.0
 """Below ECS's 30 s stopTimeout, leaving the process time to close its clients."""
+DEFAULT_FLEET_REFRESH_S: Final = 5.0
+TICK_S: Final = 0.5
+"""How often the worker compares the coordinator's leases with its running shards."""
+RESTART_AFTER_S: Final = 2.0
+"""A failed shard task is started again (from its checkpoint) no sooner than this."""
 
 
 def default_worker_id() -> str:
@@ -66,8 +92,12 @@ class WorkerConfig:
     metrics_namespace: str = "Clickstream"
     top_cities: int = 20
     privacy: IpPrivacy = field(default_factory=IpPrivacy)
-    discovery_interval_s: float = 5.0
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
+    failover_s: float = DEFAULT_FAILOVER_S
+    """Lease failover time (`consumers.coordinator`): a crashed worker's shards are taken
+    within this plus one take interval (half of it)."""
+    fleet_refresh_s: float = DEFAULT_FLEET_REFRESH_S
+    """How often the other workers' shard snapshots are re-read for the fleet summary."""
 
 
 @dataclass(slots=True)
@@ -79,8 +109,36 @@ class WorkerStats:
     """Monotonic time of the last batch handed to a processor (start time before any)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteShard:
+    """Another worker's shard as its last durable snapshot says."""
+
+    owner: str | None
+    checkpoint: Checkpoint
+    state: ShardState
+    loaded_at: float
+    """Monotonic time the snapshot was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReport:
+    """What /metrics and /readyz show about this worker's leases (`ConsumerWorker.lease_report`).
+
+    `stats` are the coordinator's counters since start (`held` a gauge, the rest monotonic);
+    `millis_behind_latest` is each running shard's lag at its last GetRecords (None before
+    the first)."""
+
+    worker_id: str
+    healthy: bool
+    held: tuple[str, ...]
+    pending: tuple[str, ...]
+    """Stolen leases renewed but not processed yet (the victim's fence has not passed)."""
+    stats: CoordinatorStats
+    millis_behind_latest: dict[str, int | None]
+
+
 class ConsumerWorker:
-    """Reads every shard of one stream; `summary()` merges what every shard counted.
+    """Reads the shards whose leases it holds; `summary()` merges the whole fleet's shards.
 
     Clients are injected (aiobotocore, owned by the caller) and the constructor does no I/O:
     ``await worker.start()`` ... ``await worker.stop()``, or ``async with worker``.
@@ -101,7 +159,12 @@ class ConsumerWorker:
         self._kinesis = kinesis
         self._s3 = s3
         self._cloudwatch = cloudwatch
-        self.leases = LeaseTable(dynamodb, lease_table, config.worker_id)
+        self.coordinator = LeaseCoordinator(
+            LeaseTable(dynamodb, lease_table, config.worker_id),
+            CoordinatorConfig(failover_s=config.failover_s),
+        )
+        self.leases = CoordinatedLeaseTable(self.coordinator)
+        """What processors checkpoint through (fenced, with the coordinator's lease)."""
         self.snapshots = SnapshotStore(s3, config.bucket, _state_prefix(config.archive_prefix))
         self.metrics = (
             None if cloudwatch is None else MinuteAtomicSink(cloudwatch, config.metrics_namespace)
@@ -109,14 +172,20 @@ class ConsumerWorker:
         self._enricher = enricher
         self.processors: dict[str, ShardProcessor] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ending: set[str] = set()
+        """Shards whose task is committing SHARD_END: no longer held, not lost either."""
+        self._failed_at: dict[str, float] = {}
         self.ended: dict[str, ShardState] = {}
-        """Shards read to their end: their state still counts in the windows."""
+        """Shards read to their end (by any worker): their state still counts in the windows."""
+        self.remote: dict[str, RemoteShard] = {}
+        """Shards other workers hold, as of their latest snapshot."""
         self._handed_over: set[tuple[str, str]] = set()
         """(parent, child) pairs whose visitors left the parent's state in `ended`."""
         self._ended_missing: set[str] = set()
         self._stopping = asyncio.Event()
         self._shard_ended = asyncio.Event()
-        self._coordinator: asyncio.Task[None] | None = None
+        self._leasing: asyncio.Task[None] | None = None
+        self._scheduler: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._top: tuple[float, list[CityKey]] = (float("-inf"), [])
         self.stats = WorkerStats()
@@ -124,11 +193,17 @@ class ConsumerWorker:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Take the leases and start reading; returns once the first round has run."""
-        if self._coordinator is not None:
+        """Take this worker's leases and start reading; returns once the first take round and
+        fleet refresh have run (so a failure to reach AWS raises here)."""
+        if self._scheduler is not None:
             return
-        await self._discover()
-        self._coordinator = asyncio.create_task(self._coordinate(), name="consumer:leases")
+        await self.coordinator.take_round(await self._list_shards())
+        await self._refresh_fleet()
+        self._reconcile()
+        self._leasing = asyncio.create_task(
+            self.coordinator.run(self._list_shards), name="consumer:leases"
+        )
+        self._scheduler = asyncio.create_task(self._schedule(), name="consumer:shards")
         if self.metrics is not None:
             self._publisher = asyncio.create_task(
                 self.metrics.run(self.config.metrics_interval_s), name="consumer:metrics"
@@ -138,12 +213,13 @@ class ConsumerWorker:
         """Graceful stop (module docstring); bounded by `stop_timeout_s`."""
         deadline = time.monotonic() + self.config.stop_timeout_s
         self._stopping.set()
-        for task in (self._coordinator, self._publisher):
+        self.coordinator.stop_taking()
+        for task in (self._scheduler, self._publisher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._coordinator = self._publisher = None
+        self._scheduler = self._publisher = None
         tasks = list(self._tasks.values())
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
@@ -155,10 +231,13 @@ class ConsumerWorker:
         if self.metrics is not None and self.metrics.queued:
             await self._within(deadline, self.metrics.flush())
             await self._within(deadline, self._final_commits(False))  # snapshot the ack cursor
-        for processor in list(self.processors.values()):
-            if not processor.lease_is_lost:
-                with contextlib.suppress(LeaseError, Exception):
-                    await self._within(deadline, self.leases.evict(processor.lease))
+        # Renewals ran through the final commits; now the leases go, so others take them at once.
+        await self._within(deadline, self.coordinator.evict_all())
+        if self._leasing is not None:
+            self._leasing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._leasing
+            self._leasing = None
         log.info("consumer stopped: %d records, %d commits", self.stats.records, self.stats.commits)
 
     async def __aenter__(self) -> ConsumerWorker:
@@ -179,6 +258,8 @@ class ConsumerWorker:
 
     async def _final_commits(self, close_open_minutes: bool) -> None:
         for processor in list(self.processors.values()):
+            if not processor.initialized:
+                continue  # its state is a placeholder: committing it would overwrite the real one
             try:
                 result = await processor.shutdown_requested(close_open_minutes=close_open_minutes)
             except LeaseLostError:
@@ -190,20 +271,98 @@ class ConsumerWorker:
     # ---- what the service shows ---------------------------------------------------------------
 
     def states(self) -> list[ShardState]:
-        return [p.state for p in self.processors.values()] + list(self.ended.values())
+        """Every shard's state once: ours (while one of ours initializes, its previous
+        owner's snapshot stands in), the other workers' latest snapshots, the ended shards."""
+        states: list[ShardState] = []
+        for shard_id, processor in self.processors.items():
+            if processor.initialized:
+                states.append(processor.state)
+            elif shard_id in self.remote:
+                states.append(self.remote[shard_id].state)
+        states += [
+            remote.state
+            for shard_id, remote in self.remote.items()
+            if shard_id not in self.processors and shard_id not in self.ended
+        ]
+        return states + list(self.ended.values())
 
     def summary(self, window: str = "24h", limit: int | None = None) -> dict[str, Any]:
-        """Every shard's state merged (the `GET /api/summary` body)."""
-        return summarize(self.states(), window, limit)
+        """Every shard's state merged (the `GET /api/summary` body), with `fleet` saying
+        where each shard's numbers came from (`fleet_sources`)."""
+        body = summarize(self.states(), window, limit)
+        body["fleet"] = self.fleet_sources()
+        return body
+
+    def fleet_sources(self) -> dict[str, Any]:
+        """Which shards this summary counts and from where: ``local`` (processed here, up to
+        the last record read), ``snapshots`` (held by another worker: its owner, the checkpoint
+        whose snapshot was read, seconds since it was read), ``ended`` (read to their end, by
+        anyone), ``missing`` (work another worker holds that has not committed yet: its
+        records are not in these numbers)."""
+        now = time.monotonic()
+        local = sorted(s for s, p in self.processors.items() if p.initialized)
+        snapshots = {
+            shard_id: {
+                "owner": remote.owner,
+                "checkpoint": remote.checkpoint.sequence_number,
+                "age_s": round(now - remote.loaded_at, 1),
+            }
+            for shard_id, remote in sorted(self.remote.items())
+            if shard_id not in local and shard_id not in self.ended
+        }
+        counted = {*local, *snapshots, *self.ended}
+        missing = sorted(
+            shard_id
+            for shard_id, lease in self.coordinator.table_view.items()
+            if shard_id not in counted and not lease.checkpoint.is_shard_end
+            and lease.lease_owner not in (None, self.config.worker_id)
+        )  # fmt: skip
+        return {
+            "scope": "fleet",
+            "worker_id": self.config.worker_id,
+            "local": local,
+            "snapshots": snapshots,
+            "ended": sorted(self.ended),
+            "missing": missing,
+        }
 
     @property
     def millis_behind_latest(self) -> int:
         return max((p.stats.millis_behind_latest or 0 for p in self.processors.values()), default=0)
 
     @property
+    def leases_healthy(self) -> bool:
+        """Readiness: the lease table answered within the failover time and every lease we
+        hold is inside its fence (`LeaseCoordinator.healthy`). False before the first round."""
+        return self.is_running and self.coordinator.healthy
+
+    @property
+    def lease_report(self) -> LeaseReport:
+        """Leases and lag for /metrics (read-only; safe to read from another thread, every
+        field is a fresh copy). Suggested Prometheus names: ``clickstream_leases_held``
+        (gauge, `stats.held`), ``clickstream_leases_taken_total``, ``..._stolen_total``,
+        ``..._lost_total``, ``..._evicted_total`` (counters), ``clickstream_leases_healthy``
+        (gauge 0/1), ``clickstream_consumer_millis_behind_latest{shard}`` (gauge)."""
+        coordinator = self.coordinator
+        stats = coordinator.stats
+        return LeaseReport(
+            worker_id=self.config.worker_id,
+            healthy=self.leases_healthy,
+            held=tuple(sorted(coordinator.held)),
+            pending=tuple(sorted(coordinator.pending)),
+            stats=CoordinatorStats(**{n: getattr(stats, n) for n in stats.__dataclass_fields__}),
+            millis_behind_latest={
+                shard_id: processor.stats.millis_behind_latest
+                for shard_id, processor in sorted(self.processors.items())
+            },
+        )
+
+    @property
     def is_running(self) -> bool:
-        """Started and its lease/discovery task still alive: the service's liveness answer."""
-        return self._coordinator is not None and not self._coordinator.done()
+        """Started, and its lease and shard tasks still alive: the service's liveness answer."""
+        return all(
+            task is not None and not task.done() for task in (self._scheduler, self._leasing)
+        )
 
     def _top_cities(self) -> Collection[CityKey]:
         """The cities with their own CloudWatch series: the last 24 h's top N, refreshed at
@@ -212,65 +371,124 @@ class ConsumerWorker:
         computed_at, cities = self._top
         if time.monotonic() - computed_at > 5.0:
             n = self.config.top_cities
-            cities = top_cities(self.summary("24h", limit=n), n)
+            cities = top_cities(summarize(self.states(), "24h", limit=n), n)
             self._top = (time.monotonic(), cities)
         return frozenset(cities)
 
     # ---- leases and tasks ---------------------------------------------------------------------
 
-    async def _coordinate(self) -> None:
+    async def _schedule(self) -> None:
+        """Follow the coordinator's leases every tick; refresh the fleet's snapshots on their
+        interval, and at once when a shard ended (its children's states change hands)."""
+        refresh_at = time.monotonic() + self.config.fleet_refresh_s
         while not self._stopping.is_set():
-            # A shard that ended wakes the loop: its children are readable now, not a round later.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._shard_ended.wait(), self.config.discovery_interval_s)
-            self._shard_ended.clear()
-            try:
-                await self._discover()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("shard discovery failed; trying again")
+                await asyncio.wait_for(self._shard_ended.wait(), TICK_S)
+            ended = self._shard_ended.is_set()
+            if ended:
+                self._shard_ended.clear()
+                self.coordinator.wake()  # children are work now: take them without waiting
+            self._reconcile()
+            if ended or time.monotonic() >= refresh_at:
+                refresh_at = time.monotonic() + self.config.fleet_refresh_s
+                try:
+                    await self._refresh_fleet()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("reading the fleet's snapshots failed; trying again")
 
-    async def _discover(self) -> None:
-        """Lease rows for every shard, then a task for every readable shard not running."""
+    def _reconcile(self) -> None:
+        """Running shards = held shards: reap finished tasks, let go of shards no longer held
+        (`lease_lost`, task cancelled: it may not commit), start a processor for each newly
+        held shard. No I/O, so no lease changes under it."""
+        now = time.monotonic()
         for shard_id in [s for s, t in self._tasks.items() if t.done()]:
             task = self._tasks.pop(shard_id)
+            self._ending.discard(shard_id)
             if not task.cancelled() and task.exception() is not None:
                 self.stats.shard_failures += 1
-                log.error("%s failed; taking it again from its checkpoint: %r", shard_id,
+                self._failed_at[shard_id] = now
+                log.error("%s failed; starting it again from its checkpoint: %r", shard_id,
                           task.exception())  # fmt: skip
                 processor = self.processors.pop(shard_id, None)
                 if processor is not None and self.metrics is not None:
                     self.metrics.forget(shard_id)
-        shards = await self._list_shards()
-        for info in shards.values():
-            await self.leases.create_lease(
-                info.shard_id, info.parent_shard_ids, info.starting_hash_key, info.ending_hash_key
-            )
-        leases = {lease.lease_key: lease for lease in await self.leases.list_leases()}
-        at_end = {key for key, lease in leases.items() if lease.checkpoint.is_shard_end}
-        for shard_id in sorted(at_end - self.ended.keys() - self._ended_missing):
-            await self._restore_ended(shard_id)
-        for shard_id in [*self.ended, *(s for s, p in self.processors.items() if p.initialized)]:
-            if shard_id in leases:
-                self._hand_over(leases[shard_id])
-        for shard_id in readable_shards(shards, at_end):
-            if shard_id in self._tasks or self._stopping.is_set() or shard_id not in leases:
+        held = self.coordinator.held
+        for shard_id in [s for s in self.processors if s not in held and s not in self._ending]:
+            processor = self.processors.pop(shard_id)
+            if not processor.lease_is_lost:
+                processor.lease_lost()
+            task = self._tasks.pop(shard_id, None)
+            if task is not None:
+                task.cancel()
+        self.coordinator.lost.clear()
+        if self._stopping.is_set():
+            return
+        for shard_id in sorted(held - self._tasks.keys()):
+            if now - self._failed_at.get(shard_id, float("-inf")) < RESTART_AFTER_S:
                 continue
-            try:
-                lease = await self.leases.take(leases[shard_id])
-            except LeaseLostError:
-                continue  # changed under us; the next round sees the new row
-            processor = self._processor(lease)
+            processor = self._processor(self.coordinator.lease(shard_id))
             self.processors[shard_id] = processor
             self._tasks[shard_id] = asyncio.create_task(
                 self._run_shard(processor), name=f"consume:{shard_id}"
             )
 
+    async def _refresh_fleet(self) -> None:
+        """Ended shards' final states and the other workers' latest snapshots (named by their
+        lease checkpoints in the coordinator's last scan), then hand-overs. Everything is read
+        first and applied without an await in between, so no summary sees a child's visitors
+        and its parents' copy of them at once."""
+        view = dict(self.coordinator.table_view)
+        ended: dict[str, ShardState] = {}
+        remote: dict[str, RemoteShard] = {}
+        for shard_id, lease in sorted(view.items()):
+            if lease.checkpoint.is_shard_end:
+                if shard_id not in self.ended and shard_id not in self._ended_missing:
+                    state = await self._load_ended(shard_id)
+                    if state is not None:
+                        ended[shard_id] = state
+                continue
+            if lease.checkpoint.is_sentinel or shard_id in self.processors:
+                continue
+            known = self.remote.get(shard_id)
+            if known is not None and known.checkpoint == lease.checkpoint:
+                if known.owner != lease.lease_owner:
+                    remote[shard_id] = RemoteShard(
+                        lease.lease_owner, known.checkpoint, known.state, known.loaded_at
+                    )
+                continue
+            try:
+                state = await self.snapshots.load(shard_id, lease.checkpoint)
+            except SnapshotMissingError:
+                continue  # its owner committed again meanwhile; the next scan names the new one
+            if state is not None:
+                remote[shard_id] = RemoteShard(
+                    lease.lease_owner, lease.checkpoint, state, time.monotonic()
+                )
+        # -- applied at once from here: no await below --
+        for shard_id, state in ended.items():
+            self.ended.setdefault(shard_id, state)
+            self._handed_over = {pair for pair in self._handed_over if pair[0] != shard_id}
+        self.remote.update(remote)
+        for shard_id in [s for s in self.remote if s in self.ended or s not in view]:
+            del self.remote[shard_id]
+        for shard_id, lease in view.items():
+            if self._has_state(shard_id):
+                self._hand_over(lease)
+
+    def _has_state(self, shard_id: str) -> bool:
+        processor = self.processors.get(shard_id)
+        return (
+            shard_id in self.ended
+            or shard_id in self.remote
+            or (processor is not None and processor.initialized)
+        )
+
     def _hand_over(self, child: Lease) -> None:
-        """The child's state (inherited or restored) holds its parents' visitors of its range,
-        so the parents' states in `ended` let go of them (`consumers.lineage`): each visitor
-        counts in exactly one state of the summary."""
+        """The child's state (inherited, restored, or another worker's snapshot) holds its
+        parents' visitors of its range, so the parents' states in `ended` let go of them
+        (`consumers.lineage`): each visitor counts in exactly one state of the summary."""
         hash_range = parse_hash_range(child.starting_hash_key, child.ending_hash_key)
         if hash_range is None:
             return
@@ -282,16 +500,13 @@ class ConsumerWorker:
             self._handed_over.add((parent_id, child.lease_key))
             log.info("%s handed %d visitors over to %s", parent_id, moved, child.lease_key)
 
-    async def _restore_ended(self, shard_id: str) -> None:
+    async def _load_ended(self, shard_id: str) -> ShardState | None:
         try:
-            state = await self.snapshots.load(shard_id, _SHARD_END)
+            return await self.snapshots.load(shard_id, _SHARD_END)
         except Exception as error:
             log.warning("%s ended, but its state cannot be restored: %s", shard_id, error)
             self._ended_missing.add(shard_id)
-            return
-        if state is not None:
-            self.ended[shard_id] = state
-            self._handed_over = {pair for pair in self._handed_over if pair[0] != shard_id}
+            return None
 
     async def _list_shards(self) -> dict[str, ShardInfo]:
         shards: list[dict[str, Any]] = []
@@ -354,7 +569,7 @@ class ConsumerWorker:
             async with reader:
                 events = aiter(reader)
                 fetching: asyncio.Future[Any] | None = None
-                while not self._stopping.is_set():
+                while not self._stopping.is_set() and not processor.lease_is_lost:
                     if fetching is None:
                         fetching = asyncio.ensure_future(anext(events))
                     done, _ = await asyncio.wait(
@@ -374,15 +589,17 @@ class ConsumerWorker:
                                 if processor.commit_due:
                                     await self._commit(processor)
                         elif isinstance(event, ShardEnded):
+                            self._ending.add(processor.shard_id)
                             await processor.shard_ended(event, self.leases)
                             self.stats.commits += 1
                             self.ended[processor.shard_id] = processor.state
                             self.processors.pop(processor.shard_id, None)
                             self._shard_ended.set()
                             log.info("%s read to its end; children: %s", processor.shard_id,
-                                     ", ".join(event.child_shard_ids) or "none")  # fmt: skip
+                                     ", ".join(event.child_shard_ids) or "none",
+                                     extra={"at": time.time()})  # fmt: skip
                             return
-                    if processor.commit_due:
+                    if processor.commit_due and not processor.lease_is_lost:
                         await self._commit(processor)
                 if fetching is not None:
                     fetching.cancel()
@@ -390,7 +607,8 @@ class ConsumerWorker:
                         await fetching
         except LeaseLostError:
             processor.lease_lost()
-            self.processors.pop(processor.shard_id, None)
+            if self.processors.get(processor.shard_id) is processor:
+                del self.processors[processor.shard_id]
         finally:
             stopping.cancel()
 

@@ -1,8 +1,10 @@
 """`clickstream consume`: the consumer worker without the web service (headless).
 
-Reads every shard of the stream (single worker), counts, archives to S3 and publishes to
-CloudWatch, committing each shard only once its archive objects and state snapshot are durable
-(`consumers.checkpoint`), so `kill -9` at any moment followed by a restart changes no number.
+Reads the shards whose leases it holds (every shard when it runs alone; a fair share when
+several run on the same stream and lease table, `consumers.coordinator`), counts, archives to
+S3 and publishes to CloudWatch, committing each shard only once its archive objects and state
+snapshot are durable (`consumers.checkpoint`), so `kill -9` at any moment followed by a restart
+changes no number. The printed summary is the fleet's (`ConsumerWorker.summary`).
 
 SIGTERM or SIGINT: stop fetching, commit every shard, hand CloudWatch what it holds, evict the
 leases, exit 0 (within 30 s). `--until-idle S` does the same once no record arrived for S
@@ -18,11 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import orjson
 
@@ -46,8 +51,10 @@ log = logging.getLogger("clickstream.consume")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        f"{HELP}. One worker reads every shard; a shard is checkpointed only after its archive "
-        "objects and state snapshot are in S3. SIGTERM or SIGINT commits and exits 0."
+        f"{HELP}. Workers on one stream share its shards through the lease table (one worker "
+        "reads every shard); a shard is checkpointed only after its archive objects and state "
+        "snapshot are in S3. The summary counts the whole fleet (other workers' shards from "
+        "their latest snapshots). SIGTERM or SIGINT commits, evicts the leases and exits 0."
     )
     parser.epilog = (
         "Defaults come from the settings: CLICKSTREAM_STREAM, CLICKSTREAM_BUCKET, "
@@ -55,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "CLICKSTREAM_FLUSH_SECONDS, CLICKSTREAM_FLUSH_RECORDS, "
         "CLICKSTREAM_METRICS_INTERVAL_SECONDS, CLICKSTREAM_TOP_CITIES, "
         "CLICKSTREAM_ARCHIVE_IP_MODE, CLICKSTREAM_ARCHIVE_IP_KEY, CLICKSTREAM_TRUSTED_PROXIES, "
-        "CLICKSTREAM_ARCHIVE_PREFIX, CLICKSTREAM_GEOIP_DB, CLICKSTREAM_SITE (page patterns)."
+        "CLICKSTREAM_ARCHIVE_PREFIX, CLICKSTREAM_GEOIP_DB, CLICKSTREAM_SITE (page patterns), "
+        "CLICKSTREAM_FAILOVER_SECONDS, CLICKSTREAM_FLEET_REFRESH_SECONDS."
     )
     parser.add_argument(
         "--summary-every",
@@ -79,7 +87,7 @@ def build_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         stream=settings.stream,
         bucket=settings.bucket,
-        worker_id=settings.worker_id or default_worker_id(),
+        worker_id=settings.worker_id or local_worker_id(settings.state_dir),
         archive_prefix=settings.archive_prefix,
         poll_interval_s=settings.poll_seconds,
         policy=CommitPolicy(records=settings.flush_records, seconds=settings.flush_seconds),
@@ -87,7 +95,49 @@ def build_config(settings: Settings) -> WorkerConfig:
         metrics_namespace=settings.metrics_namespace,
         top_cities=settings.top_cities,
         privacy=IpPrivacy(settings.archive_ip_mode, key),
+        failover_s=settings.failover_seconds,
+        fleet_refresh_s=settings.fleet_refresh_seconds,
     )
+
+
+_SLOTS: Final = 32
+_slot_ids: dict[Path, str] = {}
+"""State directory -> this process's worker id (its slot's lock stays held while we live)."""
+
+
+def local_worker_id(state_dir: Path) -> str:
+    """A worker id that survives a restart of this process, and is never shared by two live
+    processes: the id kept in the first of the state directory's slot files this process can
+    lock (``flock``, released by the kernel even on ``kill -9``). The lease coordinator takes
+    the leases its former life left at once, instead of after the failover time, so a crashed
+    `consume` restarted on the same machine resumes at once. One id per process (a second
+    worker in the same process needs CLICKSTREAM_WORKER_ID); a fresh id if every slot is
+    taken or the directory is not writable (then a restart waits for the failover time)."""
+    directory = state_dir.resolve()
+    if directory in _slot_ids:
+        return _slot_ids[directory]
+    try:
+        (directory / "consumer-ids").mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return default_worker_id()
+    for slot in range(_SLOTS):
+        try:
+            fd = os.open(directory / "consumer-ids" / f"slot-{slot}", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return default_worker_id()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        worker_id = os.read(fd, 512).decode(errors="replace").strip()
+        if not worker_id:
+            worker_id = default_worker_id()
+            os.write(fd, worker_id.encode() + b"\n")
+            os.fsync(fd)
+        _slot_ids[directory] = worker_id  # the descriptor stays open: the lock is ours
+        return worker_id
+    return default_worker_id()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -163,17 +213,21 @@ async def _supervise(worker: ConsumerWorker, stop: asyncio.Event, args: argparse
         if now - last_progress >= PROGRESS_EVERY_S:
             rate = (worker.stats.records - records_then) / (now - last_progress)
             log.info(
-                "consumed %d records (%.0f/s), %d commits, lag %d ms, %d shards",
+                "consumed %d records (%.0f/s), %d commits, lag %d ms, %d shards, leases %s",
                 worker.stats.records,
                 rate,
                 worker.stats.commits,
                 worker.millis_behind_latest,
                 len(worker.processors),
+                "healthy" if worker.leases_healthy else "NOT healthy",
             )
             records_then, last_progress = worker.stats.records, now
         if args.summary_every and now - last_summary >= args.summary_every:
             _print_summary(worker)
             last_summary = now
+        if not worker.is_running:
+            log.error("the consumer's lease or shard task ended; stopping")
+            return 1
         if args.until_idle and now - max(worker.stats.last_record_at, started) >= args.until_idle:
             log.info("no records for %.0f s: stopping", args.until_idle)
             stop.set()
