@@ -25,7 +25,7 @@ from service.local_stack import use_local_stack_if_running
 from service.process_tuning import tune_garbage_collector
 from service.settings import Settings
 
-HELP = "run the service: consumer worker, health, metrics, API and live dashboard"
+HELP = "run the service: consumer, health, metrics, API, dashboard"
 
 URL_PREFIX: Final = "SERVICE_URL="
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
