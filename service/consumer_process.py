@@ -107,6 +107,11 @@ class ConsumerProcess:
     def process_alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def pid(self) -> int | str:
+        """The child's process id, or a name no process has while there is none."""
+        return self._process.pid if self._process is not None else "no-consumer-process"
+
     def status_age(self) -> float:
         return float("inf") if self.status is None else time.monotonic() - self.status.at
 

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from consumers.client_address import TrustedProxies
 from consumers.counters import FIELD_MASK, ShardState
 from consumers.enrich import Enricher
-from consumers.geo.locator import Location
+from consumers.geo.locator import Location, city_catalog_path
 from consumers.geo.reloading import ReloadingGeoLocator
 from consumers.scheduler import ConsumerWorker, WorkerConfig
 from consumers.windows import minute_start, window_first_minute, window_minutes
@@ -79,12 +81,13 @@ class PlaceCoordinates:
 
     The counters keep places by name only; the map needs a latitude and a longitude. Wrapping
     the enricher's locator records them as hits are geolocated (one dictionary look-up a hit),
-    so every city the service has seen this run can be drawn.
+    so every city the service has seen this run can be drawn. The shipped city catalog's
+    cities are known from the start, so a state restored from a snapshot is drawn at once.
     """
 
     def __init__(self, inner: ReloadingGeoLocator) -> None:
         self.inner = inner
-        self.known: dict[CityName, tuple[float, float]] = {}
+        self.known: dict[CityName, tuple[float, float]] = catalog_coordinates()
 
     def lookup(self, ip: str) -> Location:
         location = self.inner.lookup(ip)
@@ -280,6 +283,19 @@ class ConsumerThread:
         self.start_error = None
         log.info("consumer %s reading %s", self.config.worker_id, self.config.stream)
         return True
+
+
+def catalog_coordinates(path: Path | None = None) -> dict[CityName, tuple[float, float]]:
+    """(city, region, country) -> (latitude, longitude) of the shipped city catalog; empty
+    when it is not there (a custom database needs none: its cities are learnt from hits)."""
+    try:
+        document = json.loads((path or city_catalog_path()).read_text())
+        return {
+            (c["city"], c["region"], c["country"]): (float(c["latitude"]), float(c["longitude"]))
+            for c in document["cities"]
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def page_views_by_minute(states: list[ShardState], span: int) -> list[dict[str, Any]]:

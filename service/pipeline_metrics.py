@@ -139,10 +139,14 @@ class PipelineCollector(Collector):
 
 
 def build_registry(collector: PipelineCollector) -> CollectorRegistry:
-    """A registry of our own (not the process-wide default) with the process metrics too."""
+    """A registry of our own (not the process-wide default) with the process metrics too: the
+    service's (`process_*`) and its consumer child's (`clickstream_consumer_process_*`)."""
     registry = CollectorRegistry()
     registry.register(collector)
     ProcessCollector(registry=registry)
+    ProcessCollector(
+        namespace="clickstream_consumer", pid=lambda: collector.consumer.pid, registry=registry
+    )
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry

@@ -177,6 +177,7 @@ def test_health_readiness_and_metrics_of_a_working_service(
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
     assert re.search(r"^clickstream_consumer_lines_total 3000\.0$", text, re.M), text[:2000]
     assert re.search(r"^process_cpu_seconds_total ", text, re.M)
+    assert re.search(r"^clickstream_consumer_process_resident_memory_bytes [1-9]", text, re.M)
     assert (
         'clickstream_aws_calls_total{operation="GetRecords",outcome="ok",service="kinesis"}' in text
     )
