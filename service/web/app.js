@@ -64,7 +64,7 @@ function renderBars(svg, rows, field) {
     const group = el("g", { "data-label": placeLabel(row), "data-value": row[field] });
     const name = placeLabel(row);
     group.appendChild(el("text", { x: labelWidth - 8, y: y + step / 2 + 4, "text-anchor": "end", class: "label" },
-      name.length > 24 ? `${name.slice(0, 23)}…` : name));
+      name.length > 21 ? `${name.slice(0, 20)}…` : name));
     group.appendChild(el("rect", { x: labelWidth, y: y + 5, width, height: step - 10, rx: 4, class: "bar" }));
     group.appendChild(el("text", { x: labelWidth + width + 6, y: y + step / 2 + 4, class: "value" },
       number.format(row[field])));
@@ -193,6 +193,46 @@ function renderMap(svg, cities) {
   }
 }
 
+// ---- conversion by city -----------------------------------------------------------------------
+
+function renderConversion(table, cities) {
+  const body = table.querySelector("tbody");
+  body.replaceChildren();
+  const shown = cities.filter((c) => c.visitors > 0).slice(0, BARS);
+  table.dataset.rows = String(shown.length);
+  const best = Math.max(0.0001, ...shown.map((c) => c.purchase_rate));
+  for (const city of shown) {
+    const row = document.createElement("tr");
+    row.dataset.label = placeLabel(city);
+    row.dataset.value = String(city.visitors);
+    const cells = [placeLabel(city), number.format(city.visitors), number.format(city.menu_viewers),
+      number.format(city.purchasers)];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.appendChild(cell);
+    }
+    const rate = document.createElement("td");
+    const value = document.createElement("span");
+    value.className = "rate";
+    value.textContent = percent(city.purchase_rate);
+    const meter = document.createElement("span");
+    meter.className = "meter";
+    meter.style.width = `${(4 * city.purchase_rate) / best}rem`;
+    rate.append(value, meter);
+    row.appendChild(rate);
+    body.appendChild(row);
+  }
+  if (!shown.length) {
+    const row = document.createElement("tr");
+    const cell = document.createElement("td");
+    cell.colSpan = 5;
+    cell.textContent = "No visitors yet in this window";
+    row.appendChild(cell);
+    body.appendChild(row);
+  }
+}
+
 // ---- wiring -----------------------------------------------------------------------------------
 
 function render(summary, version) {
@@ -206,6 +246,7 @@ function render(summary, version) {
   renderBars(chart("cities-orders"), summary.cities, "purchasers");
   renderBars(chart("regions-visits"), summary.regions, "visitors");
   renderBars(chart("regions-orders"), summary.regions, "purchasers");
+  renderConversion(document.getElementById("conversion"), summary.cities);
   document.body.dataset.version = String(version);
   document.body.dataset.window = summary.window;
   document.getElementById("status").textContent = `live · updated ${new Date().toLocaleTimeString()}`;

@@ -150,7 +150,7 @@ async def _page_state(page: Any) -> dict[str, Any]:
         const metric = (name) =>
           Number(document.querySelector(`[data-metric="${name}"]`).dataset.value);
         const charts = {};
-        for (const svg of document.querySelectorAll('svg[data-chart]')) {
+        for (const svg of document.querySelectorAll('[data-chart]')) {
           charts[svg.dataset.chart] = [...svg.querySelectorAll('[data-label]')].map(
             (g) => [g.dataset.label, Number(g.dataset.value)]);
         }
@@ -231,6 +231,7 @@ async def _check_page(demo: Demo, tmp_path: Path) -> None:
             ("cities-orders", "cities", "purchasers"),
             ("regions-visits", "regions", "visitors"),
             ("regions-orders", "regions", "purchasers"),
+            ("conversion", "cities", "visitors"),
         ):
             assert charts[chart], f"{chart} drew no bars"
             low = {_label(r): r[field_name] for r in before[rows]}
