@@ -52,6 +52,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from itertools import compress, repeat
+from operator import add, getitem, itemgetter
 from typing import Any, Final
 
 import orjson
@@ -214,7 +215,7 @@ def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
     parts = text.split('"')
     if len(parts) != 7 * n:  # cannot happen (six quotes a line); never trust it blindly
         return _parse_slowly(lines)
-    heads = list(map(_heads.get, parts[0::7]))
+    head_columns = _head_columns(parts[0::7], slow)
     sizes = list(map(_status_sizes.get, parts[2::7]))
     requests = list(map(_requests.get, parts[1::7]))
     gaps, ends = parts[4::7], parts[6::7]
@@ -223,14 +224,6 @@ def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
     if ends.count("") != n:
         slow += [i for i, end in enumerate(ends) if end]
     # Misses: the memos learn while the column is filled (a batch repeats its own pieces).
-    if None in heads:
-        for i in _missing(heads):
-            piece = parts[7 * i]
-            head = _heads.get(piece) or _parse_head(piece)
-            if head is None:
-                head = _NO_HEAD
-                slow.append(i)
-            heads[i] = head
     if None in sizes:
         for i in _missing(sizes):
             piece = parts[7 * i + 2]
@@ -244,15 +237,10 @@ def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
             piece = parts[7 * i + 1]
             requests[i] = _requests.get(piece) or _request_fields(piece)
     referers, agents = parts[3::7], parts[5::7]
-    client_ips, idents, users, times, offsets = map(list, zip(*heads, strict=True))
     methods, paths, queries, protocols = map(list, zip(*requests, strict=True))
     statuses, bytes_sent = map(list, zip(*sizes, strict=True))
     columns: list[list[Any]] = [
-        client_ips,
-        idents,
-        users,
-        times,
-        offsets,
+        *head_columns,
         methods,
         paths,
         queries,
@@ -325,14 +313,74 @@ def _parse_slowly(lines: Sequence[bytes]) -> ParsedBatch:
 
 
 _Head = tuple[str, str | None, str | None, float, int]  # client_ip, ident, user, time, offset
+_STAMP: Final = slice(-28, -2)  # where a head's time is: 'host ident user [<here>] '
+_OPENING: Final = slice(-30, -28)
+_CLOSING: Final = slice(-2, None)
+_PLAIN_IDENTITY: Final = "- -"
+
+
+def _head_columns(heads: list[str], slow: list[int]) -> list[list[Any]]:
+    """client_ip, ident, user, time and utc_offset_minutes of each head (what precedes a
+    combined line's first quote: `'host ident user [dd/Mon/yyyy:HH:MM:SS +zzzz] '`), under
+    exactly the fast path's rules (`_parse_head`); rows those rules refuse are added to `slow`.
+
+    Every step is a C-level `map` over the column (cut at the first space and at fixed
+    distances from the end, look the address and the time up in their memos); only rows that
+    miss a memo or look unusual take a Python step of their own.
+    """
+    n = len(heads)
+    spaces = list(map(str.find, heads, repeat(" ")))
+    hosts = list(map(getitem, heads, map(slice, repeat(0), spaces)))
+    stamps = list(map(getitem, heads, repeat(_STAMP)))
+    ips: list[str | None] = list(map(_addresses.get, hosts))
+    whens: list[tuple[float, int] | None] = list(map(_apache_stamps.get, stamps))
+    identities = list(map(getitem, heads, map(slice, map(add, spaces, repeat(1)), repeat(-30))))
+    idents: list[str | None] = [None] * n
+    users: list[str | None] = [None] * n
+    odd: set[int] = set()  # rows for `_parse_head`'s own judgement
+    if (
+        identities.count(_PLAIN_IDENTITY) != n
+        or list(map(getitem, heads, repeat(_CLOSING))).count("] ") != n
+        or list(map(getitem, heads, repeat(_OPENING))).count(" [") != n
+        or min(spaces) <= 0
+    ):
+        odd.update(
+            i
+            for i, (head, space, identity) in enumerate(zip(heads, spaces, identities, strict=True))
+            if identity != _PLAIN_IDENTITY
+            or space <= 0
+            or head[_CLOSING] != "] "
+            or head[_OPENING] != " ["
+        )
+    # Misses: the memos learn while the column is filled (a batch repeats its own pieces).
+    if None in ips or "" in ips:
+        for i in _missing(ips):
+            ip = _addresses.get(hosts[i])
+            ips[i] = _canonical_address(hosts[i]) if ip is None else ip
+        odd.update(i for i, ip in enumerate(ips) if not ip)
+    if None in whens:
+        for i in _missing(whens):
+            when = whens[i] = _apache_stamps.get(stamps[i]) or _apache_time(stamps[i])
+            if when is None:
+                odd.add(i)
+    for i in odd:
+        head = _parse_head(heads[i])
+        if head is None:
+            slow.append(i)
+            head = _NO_HEAD
+        ips[i], idents[i], users[i] = head[:3]
+        whens[i] = head[3:]  # type: ignore[assignment]
+    return [ips, idents, users, list(map(_first, whens)), list(map(_second, whens))]
+
+
+_first: Final = itemgetter(0)
+_second: Final = itemgetter(1)
 _NO_HEAD: Final[_Head] = ("", None, None, 0.0, 0)
-_heads: dict[str, _Head] = {}  # 'host ident user [time] ' -> its fields
 
 
 def _parse_head(head: str) -> _Head | None:
     """The fields before a combined line's request (`'host ident user [dd/Mon/yyyy:HH:MM:SS
-    +zzzz] '`), under exactly the fast path's rules (`_parse_combined_quickly`); memoised, as a
-    visitor's assets share the head of the page that loaded them."""
+    +zzzz] '`), under exactly the fast path's rules (`_parse_combined_quickly`)."""
     sp = head.find(" ")
     if sp <= 0 or head[-2:] != "] " or head[-30:-28] != " [":
         return None
@@ -353,12 +401,7 @@ def _parse_head(head: str) -> _Head | None:
             return None
         ident = None if words[0] == "-" else words[0]
         user = None if words[1] == "-" else words[1]
-    result = (client_ip, ident, user, when[0], when[1])
-    if len(head) <= _LONGEST_MEMO_KEY:
-        if len(_heads) >= _CACHE_LIMIT:
-            _heads.clear()
-        _heads[head] = result
-    return result
+    return (client_ip, ident, user, when[0], when[1])
 
 
 # -- Apache combined / common ---------------------------------------------------------------------
