@@ -247,9 +247,16 @@ class ShardProcessor:
         self.position = batch.position
 
     def _unseen(self, records: list[UserRecord]) -> list[UserRecord]:
-        """Records above the state's high-water mark: the ones no sink has seen yet."""
+        """Records above the state's high-water mark: the ones no sink has seen yet.
+
+        A batch is in shard order, so when its first record is above the mark (every batch
+        but one that follows a re-fetched iterator) all of them are, and no record's 56-digit
+        sequence number needs converting."""
         mark = self.state.high_water
-        if mark is None:
+        if mark is None or not records:
+            return records
+        first = records[0]
+        if (int(first.sequence_number), first.sub_sequence_number) > mark:
             return records
         fresh = [r for r in records if (int(r.sequence_number), r.sub_sequence_number) > mark]
         self.stats.replays_dropped += len(records) - len(fresh)

@@ -275,3 +275,19 @@ address_like = st.one_of(
 def test_canonical_ipv4_shortcut_agrees_with_ipaddress(text: str) -> None:
     parse._addresses.pop(text, None)
     assert parse._canonical_address(text) == parse._canonical_address_slowly(text)
+
+
+def test_unseen_drops_what_is_at_or_below_the_high_water_mark(enricher: Enricher) -> None:
+    shard = processor(enricher)
+    records = [
+        UserRecord(SHARD, str(FIRST_SEQUENCE + seq), sub, 1.7e9, f"f:{seq}:{sub}", b"x")
+        for seq in (4, 5, 6)
+        for sub in range(3)
+    ]
+    assert shard._unseen(records) is records  # nothing counted yet
+    shard.state.high_water = (FIRST_SEQUENCE + 5, 1)
+    assert shard._unseen(records) == records[5:]
+    assert shard.stats.replays_dropped == 5
+    assert shard._unseen(records[5:]) is not None and shard._unseen(records[5:]) == records[5:]
+    assert shard._unseen(records[:5]) == []
+    assert shard._unseen([]) == []
