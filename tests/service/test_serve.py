@@ -113,9 +113,10 @@ def test_stream_pushes_summaries_and_sigterm_drains_checkpoints_and_exits(
         assert pushed.window == "1h" and len(pushed.cities) == 2
         # Nothing arrives any more, so what was pushed is what the API answers.
         hour = httpx.get(f"{url}/api/summary?window=1h&limit=2", timeout=10).json()
-        assert pushed.model_dump(by_alias=True) == Summary.model_validate(hour).model_dump(
-            by_alias=True
-        )
+        # (`pipeline.commits` may still move: the last commit follows the last record.)
+        assert pushed.model_dump(by_alias=True, exclude={"pipeline"}) == Summary.model_validate(
+            hour
+        ).model_dump(by_alias=True, exclude={"pipeline"})
         assert 0 < pushed.totals.visitors < small_run.truth["totals"]["visitors"]  # 1 h of 6
 
         # A dashboard stays connected while ECS stops the task.
