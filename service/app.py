@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 WEB_DIR: Final = Path(__file__).resolve().parent / "web"
 PUSH_LIMIT: Final = 100
 """Cities and regions each pushed summary carries (the map and the charts show fewer)."""
-ATTRIBUTION: Final = "IP geolocation by DB-IP (https://db-ip.com), CC BY 4.0"
 
 LimitParam = Annotated[
     int | None,
