@@ -7,7 +7,8 @@ Routes (schemas in `service.api_models`, served at `/docs`):
   cannot fix an unreachable AWS, so liveness must not depend on it.
 - `GET /readyz` readiness with reasons (`service.readiness`), 503 when any check fails.
 - `GET /metrics` Prometheus text (`service.pipeline_metrics`).
-- `GET /api/summary?window=5m|1h|24h&limit=N` the counters' summary, computed on request.
+- `GET /api/summary?window=5m|1h|24h&limit=N&sort=visitors|menu_viewers|purchasers` the
+  counters' summary, computed on request.
 - `GET /api/stream?window=...&limit=N` server-sent events: the summary every `push_seconds`.
 - `GET /` the live dashboard (`service/web/`), which listens to `/api/stream`.
 
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
@@ -54,6 +55,10 @@ LimitParam = Annotated[
     Query(ge=1, le=100_000, description="keep the first N cities and regions (default: all)"),
 ]
 WindowParam = Annotated[Window, Query(description="rolling window: 5m, 1h or 24h")]
+SortParam = Annotated[
+    Literal["visitors", "menu_viewers", "purchasers"],
+    Query(description="order of cities and regions, most first (before `limit`)"),
+]
 
 
 @dataclass
@@ -206,14 +211,17 @@ def _routes(app: FastAPI) -> None:
         responses={200: {"model": Summary}, 503: {"model": Problem}},
     )
     async def summary(
-        service: State, window: WindowParam = "24h", limit: LimitParam = None
+        service: State,
+        window: WindowParam = "24h",
+        limit: LimitParam = None,
+        sort: SortParam = "visitors",
     ) -> Response:
         """Top cities and regions by visitors, menu viewers and purchasers, conversion rates,
         totals and the per-minute trend for a rolling window (the `Summary` schema)."""
         consumer = service.consumer
         if not consumer.running:
             return JSONResponse({"detail": "the consumer is not running yet"}, 503)
-        body = await consumer.summary(window, limit)
+        body = await consumer.summary(window, limit, sort)
         return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get(

@@ -120,11 +120,13 @@ class ConsumerProcess:
         status = self.status
         return self.process_alive and status is not None and status.running
 
-    async def summary(self, window: str, limit: int | None) -> dict[str, Any]:
+    async def summary(
+        self, window: str, limit: int | None, sort: str = "visitors"
+    ) -> dict[str, Any]:
         """The summary body (`ConsumerThread.summary`), computed in the child."""
         loop = asyncio.get_running_loop()
         result: dict[str, Any] = await loop.run_in_executor(
-            None, self._request, ("summary", (window, limit)), SUMMARY_TIMEOUT_S
+            None, self._request, ("summary", (window, limit, sort)), SUMMARY_TIMEOUT_S
         )
         return result
 

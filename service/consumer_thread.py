@@ -183,14 +183,22 @@ class ConsumerThread:
 
     # ---- queries (run on the worker's loop through `call`) ------------------------------------
 
-    def summary(self, window: str, limit: int | None) -> dict[str, Any]:
+    def summary(self, window: str, limit: int | None, sort: str = "visitors") -> dict[str, Any]:
         """The counters' summary plus the per-minute trend, map coordinates and pipeline
-        figures the dashboard shows."""
+        figures the dashboard shows. Cities and regions come by visitors (the contract's
+        order), or by `sort` (`menu_viewers`, `purchasers`), most first, ties by name."""
         worker = self.worker
         if worker is None:
             raise RuntimeError("the consumer is not running")
         states = worker.states()
-        body = worker.summary(window, limit)
+        if sort == "visitors":
+            body = worker.summary(window, limit)
+        else:
+            body = worker.summary(window, None)
+            for rows in ("cities", "regions"):
+                # Stable sort: rows already come by visitors, then name.
+                ranked = sorted(body[rows], key=lambda row: -row[sort])
+                body[rows] = ranked if limit is None else ranked[:limit]
         coordinates = self.coordinates.known if self.coordinates is not None else {}
         for row in body["cities"]:
             where = coordinates.get((row["city"], row["region"], row["country"]))

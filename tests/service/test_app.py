@@ -128,6 +128,13 @@ def test_summary_equals_the_ground_truth_and_fits_its_schema(
     top = client.get("/api/summary", params={"window": "24h", "limit": 3}).json()
     assert top["cities"] == body["cities"][:3]
     assert len(top["regions"]) == 3
+    # The lab's "cities placing the most orders": the truth's cities ranked by purchasers.
+    buyers = client.get("/api/summary", params={"sort": "purchasers", "limit": 5}).json()
+    expected = sorted(truth["cities"], key=lambda c: -c["purchasers"])[:5]
+    assert [{k: c[k] for k in CITY_FIELDS} for c in buyers["cities"]] == [
+        {k: c[k] for k in CITY_FIELDS} for c in expected
+    ]
+    assert buyers["totals"] == body["totals"]
     # A shorter window never counts more than a longer one.
     short = client.get("/api/summary", params={"window": "5m"}).json()
     assert short["window"] == "5m"
@@ -139,6 +146,7 @@ BAD_PARAMETERS = (
     ("/api/summary?window=", "window"),
     ("/api/summary?limit=0", "limit"),
     ("/api/summary?limit=many", "limit"),
+    ("/api/summary?sort=city", "sort"),
     ("/api/stream?window=1d", "window"),
     ("/api/stream?limit=1000", "limit"),
 )
