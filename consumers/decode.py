@@ -34,6 +34,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from itertools import repeat
+from operator import attrgetter
 from typing import Any, Final
 
 import aws_kinesis_agg
@@ -53,6 +54,7 @@ SYNTHETIC_PREFIX: Final[str] = "kinesis:"
 
 _new_user_record: Final[Callable[..., UserRecord]] = fast_constructor(UserRecord)
 _MutableUserRecord: Final = mutable_twin(UserRecord)  # see consumers.models.fast_constructor
+_data_of: Final = attrgetter("data")
 
 
 def synthetic_event_id(shard_id: str, sequence_number: str, sub_sequence_number: int) -> str:
@@ -90,7 +92,7 @@ def sub_payloads(data: bytes) -> list[bytes] | None:
         message = AggregatedRecord.FromString(body)
     except DecodeError:
         return None
-    return [r.data for r in message.records]
+    return list(map(_data_of, message.records))
 
 
 def decode_record(
