@@ -88,7 +88,9 @@ class ConsumerProcess:
         self._stopping.set()
         if self._process is None:
             return
-        wait_s = self.config.stop_timeout_s + 5
+        # The worker's own deadline (25 s), closing its clients, the reply: within ECS's 30 s
+        # together with the web server's 2 s for requests in flight.
+        wait_s = self.config.stop_timeout_s + 2.5
         try:
             self.status = self._request(("stop", None), wait_s)
         except Exception as error:

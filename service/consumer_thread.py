@@ -47,7 +47,7 @@ T = TypeVar("T")
 RETRY_START_S: Final = (0.5, 1.0, 2.0, 5.0)
 """Waits between start attempts: quick at first (the demo starts the service while setup is
 still creating the stream), then every 5 s."""
-STOP_MARGIN_S: Final = 3.0
+STOP_MARGIN_S: Final = 1.5
 """Time beyond the worker's own stop deadline for closing clients before the thread is left."""
 
 CityName = tuple[str, str, str]
