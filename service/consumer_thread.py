@@ -277,7 +277,9 @@ class ConsumerThread:
             s3=s3,
             cloudwatch=cloudwatch,
             lease_table=self.settings.lease_table,
-            enricher=Enricher(self.coordinates, trusted_proxies=proxies),
+            enricher=Enricher(
+                self.coordinates, rules=self.settings.site_rules, trusted_proxies=proxies
+            ),
         )
         try:
             await worker.start()
