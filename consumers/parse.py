@@ -48,12 +48,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from itertools import compress, repeat
-from operator import add, getitem, itemgetter
-from typing import Any, Final
+from operator import add, eq, getitem, is_, itemgetter
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -216,26 +216,20 @@ def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
     if len(parts) != 7 * n:  # cannot happen (six quotes a line); never trust it blindly
         return _parse_slowly(lines)
     head_columns = _head_columns(parts[0::7], slow)
-    sizes = list(map(_status_sizes.get, parts[2::7]))
-    requests = list(map(_requests.get, parts[1::7]))
+    middles, request_lines = parts[2::7], parts[1::7]
+    sizes = list(map(_status_sizes.get, middles))
+    requests = list(map(_requests.get, request_lines))
     gaps, ends = parts[4::7], parts[6::7]
     if gaps.count(" ") != n:
         slow += [i for i, gap in enumerate(gaps) if gap != " "]
     if ends.count("") != n:
         slow += [i for i, end in enumerate(ends) if end]
-    # Misses: the memos learn while the column is filled (a batch repeats its own pieces).
-    if None in sizes:
+    sizes = _filled(sizes, middles, _status_sizes, _parse_status_and_size)
+    if None in sizes:  # not a status and a size: the careful path says why
         for i in _missing(sizes):
-            piece = parts[7 * i + 2]
-            size = _status_sizes.get(piece) or _parse_status_and_size(piece)
-            if size is None:
-                size = (0, 0)
-                slow.append(i)
-            sizes[i] = size
-    if None in requests:
-        for i in _missing(requests):
-            piece = parts[7 * i + 1]
-            requests[i] = _requests.get(piece) or _request_fields(piece)
+            sizes[i] = (0, 0)
+            slow.append(i)
+    requests = _filled(requests, request_lines, _requests, _request_fields)
     referers, agents = parts[3::7], parts[5::7]
     methods, paths, queries, protocols = map(list, zip(*requests, strict=True))
     statuses, bytes_sent = map(list, zip(*sizes, strict=True))
@@ -276,7 +270,32 @@ def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
 
 def _missing(values: list[Any]) -> list[int]:
     """Indices of the None entries (memo misses) of a column."""
-    return [i for i, value in enumerate(values) if value is None]
+    return list(compress(range(len(values)), map(is_, values, repeat(None))))
+
+
+_Value = TypeVar("_Value")
+
+
+def _filled(
+    values: list[_Value | None],
+    keys: list[str],
+    memo: dict[str, _Value],
+    compute: Callable[[str], _Value | None],
+) -> list[_Value | None]:
+    """A column looked up in `memo` (`values`, None where it missed) with the misses filled:
+    `compute` (which memoises what it can) runs once per distinct missing key, since a batch
+    repeats its own new pieces, then the column is looked up again. What is still missing
+    (too long to memoise, a memo cleared meanwhile, or not valid) is computed row by row;
+    None stays where `compute` says None."""
+    if None not in values:
+        return values
+    for key in dict.fromkeys(compress(keys, map(is_, values, repeat(None)))):
+        compute(key)
+    values = list(map(memo.get, keys))
+    if None in values:
+        for i in _missing(values):
+            values[i] = compute(keys[i])
+    return values
 
 
 def _without(lines: Sequence[bytes], rows: list[int]) -> Sequence[bytes]:
@@ -352,17 +371,12 @@ def _head_columns(heads: list[str], slow: list[int]) -> list[list[Any]]:
             or head[_CLOSING] != "] "
             or head[_OPENING] != " ["
         )
-    # Misses: the memos learn while the column is filled (a batch repeats its own pieces).
-    if None in ips or "" in ips:
-        for i in _missing(ips):
-            ip = _addresses.get(hosts[i])
-            ips[i] = _canonical_address(hosts[i]) if ip is None else ip
-        odd.update(i for i, ip in enumerate(ips) if not ip)
-    if None in whens:
-        for i in _missing(whens):
-            when = whens[i] = _apache_stamps.get(stamps[i]) or _apache_time(stamps[i])
-            if when is None:
-                odd.add(i)
+    ips = _filled(ips, hosts, _addresses, _canonical_address)
+    if "" in ips:  # not an address
+        odd.update(compress(range(n), map(eq, ips, repeat(""))))
+    whens = _filled(whens, stamps, _apache_stamps, _apache_time)
+    if None in whens:  # not a time
+        odd.update(_missing(whens))
     for i in odd:
         head = _parse_head(heads[i])
         if head is None:

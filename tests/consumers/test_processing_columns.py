@@ -291,3 +291,22 @@ def test_unseen_drops_what_is_at_or_below_the_high_water_mark(enricher: Enricher
     assert shard._unseen(records[5:]) is not None and shard._unseen(records[5:]) == records[5:]
     assert shard._unseen(records[:5]) == []
     assert shard._unseen([]) == []
+
+
+def test_parse_batch_when_memos_are_cleared_midway_or_cannot_hold_a_piece(
+    monkeypatch: pytest.MonkeyPatch, simulated_lines: list[bytes]
+) -> None:
+    """Misses are filled once per distinct piece, then looked up again: a memo that is cleared
+    in between, or a piece too long to remember, must still give every row its answer."""
+    long_request = b'"GET /' + b"a" * 400 + b' HTTP/1.1"'
+    lines = [
+        line.replace(b'"GET /', b'"GET /' + b"a" * 400 + b"/", 1) if i % 5 == 0 else line
+        for i, line in enumerate(simulated_lines[:1500])
+    ]
+    lines += [b'192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "x"'] * 3
+    lines.append(b"192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] " + long_request + b' 200 5 "-" "y"')
+    expected = parse_lines(lines)
+    for name in ("_addresses", "_apache_stamps", "_apache_hours", "_requests", "_status_sizes"):
+        monkeypatch.setattr(parse, name, {})
+    monkeypatch.setattr(parse, "_CACHE_LIMIT", 3)
+    assert parse_batch(lines).results(len(lines)) == expected
