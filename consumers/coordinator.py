@@ -282,6 +282,10 @@ class LeaseCoordinator:
         stolen = (
             [plan.steal] if plan.steal is not None and await self._steal(leases[plan.steal]) else []
         )
+        if len(taken) < len(plan.take) or (plan.steal is not None and not stolen):
+            # Another worker's write came first (survivors of a crash all go for the oldest
+            # expired lease): plan again from a fresh scan now, not a take interval later.
+            self._wake.set()
         self._refresh_gauge()
         return RoundResult(plan, tuple(created), tuple(taken), tuple(stolen), tuple(lost))
 

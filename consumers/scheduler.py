@@ -40,7 +40,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -232,6 +232,8 @@ class ConsumerWorker:
             await self._within(deadline, self.metrics.flush())
             await self._within(deadline, self._final_commits(False))  # snapshot the ack cursor
         # Renewals ran through the final commits; now the leases go, so others take them at once.
+        log.info("stopped processing %s; evicting", ", ".join(sorted(self.processors)) or "nothing",
+                 extra=_when())  # fmt: skip
         await self._within(deadline, self.coordinator.evict_all())
         if self._leasing is not None:
             self._leasing.cancel()
@@ -369,10 +371,14 @@ class ConsumerWorker:
         most every few seconds (a summary of every shard costs milliseconds, a commit is more
         frequent than the set changes)."""
         computed_at, cities = self._top
+        n = self.config.top_cities
         if time.monotonic() - computed_at > 5.0:
-            n = self.config.top_cities
             cities = top_cities(summarize(self.states(), "24h", limit=n), n)
             self._top = (time.monotonic(), cities)
+        if len(cities) < n:
+            # Fewer cities than places in the top N: any city, even one first seen since (a
+            # shard just taken over from another worker brings some), is in the top N.
+            return _EveryCity(cities)
         return frozenset(cities)
 
     # ---- leases and tasks ---------------------------------------------------------------------
@@ -414,6 +420,7 @@ class ConsumerWorker:
                 processor = self.processors.pop(shard_id, None)
                 if processor is not None and self.metrics is not None:
                     self.metrics.forget(shard_id)
+                _log_stopped(shard_id, "failed")
         held = self.coordinator.held
         for shard_id in [s for s in self.processors if s not in held and s not in self._ending]:
             processor = self.processors.pop(shard_id)
@@ -422,6 +429,7 @@ class ConsumerWorker:
             task = self._tasks.pop(shard_id, None)
             if task is not None:
                 task.cancel()
+            _log_stopped(shard_id, "no longer held")
         self.coordinator.lost.clear()
         if self._stopping.is_set():
             return
@@ -430,6 +438,8 @@ class ConsumerWorker:
                 continue
             processor = self._processor(self.coordinator.lease(shard_id))
             self.processors[shard_id] = processor
+            log.info("%s: processing from %s", shard_id, processor.lease.checkpoint.sequence_number,
+                     extra=_when())  # fmt: skip
             self._tasks[shard_id] = asyncio.create_task(
                 self._run_shard(processor), name=f"consume:{shard_id}"
             )
@@ -597,7 +607,7 @@ class ConsumerWorker:
                             self._shard_ended.set()
                             log.info("%s read to its end; children: %s", processor.shard_id,
                                      ", ".join(event.child_shard_ids) or "none",
-                                     extra={"at": time.time()})  # fmt: skip
+                                     extra=_when())  # fmt: skip
                             return
                     if processor.commit_due and not processor.lease_is_lost:
                         await self._commit(processor)
@@ -609,8 +619,35 @@ class ConsumerWorker:
             processor.lease_lost()
             if self.processors.get(processor.shard_id) is processor:
                 del self.processors[processor.shard_id]
+                _log_stopped(processor.shard_id, "lease lost")
         finally:
             stopping.cancel()
+
+
+class _EveryCity(Collection[CityKey]):
+    """The top-N set while fewer than N cities are known: it contains every city."""
+
+    def __init__(self, known: list[CityKey]) -> None:
+        self._known = known
+
+    def __contains__(self, city: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[CityKey]:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def _when() -> dict[str, Any]:
+    """A log field that orders one shard's events across workers on one host: the wall time
+    (the JSON log's own time has whole seconds; the scale-out tests compare these)."""
+    return {"at": time.time()}
+
+
+def _log_stopped(shard_id: str, why: str) -> None:
+    log.info("%s: stopped processing: %s", shard_id, why, extra=_when())
 
 
 def _slices(batch: ReadBatch, size: int) -> list[ReadBatch]:
