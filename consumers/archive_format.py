@@ -495,39 +495,47 @@ class EventColumns:
         columns = [
             pa.array(record["event_id"], pa.string()),
             _milliseconds(hit["time"]),
-            pa.array(hit["utc_offset_minutes"], pa.int16()),
+            _array(hit["utc_offset_minutes"], pa.int16()),
             client_ip_array,
             logged_ip_array,
-            pa.array(hit["forwarded_for"], pa.string()),
-            pa.array(hit["ident"], pa.string()),
-            pa.array(hit["user"], pa.string()),
+            _array(hit["forwarded_for"], pa.string()),
+            _array(hit["ident"], pa.string()),
+            _array(hit["user"], pa.string()),
             pa.array(hit["method"], pa.string()),
             pa.array(hit["path"], pa.string()),
-            pa.array(hit["query"], pa.string()),
-            pa.array(hit["protocol"], pa.string()),
+            _array(hit["query"], pa.string()),
+            _array(hit["protocol"], pa.string()),
             pa.array(hit["status"], pa.int16()),
             pa.array(hit["bytes_sent"], pa.int64()),
             pa.array(hit["referer"], pa.string()),
             pa.array(hit["user_agent"], pa.string()),
-            pa.array(hit["log_format"], pa.string()),
+            _array(hit["log_format"], pa.string()),
             *_location_columns(enriched["location"]),
             pa.array(enriched["is_bot"], pa.bool_()),
             pa.array(enriched["page"], pa.string()),
             pa.array(enriched["is_page_view"], pa.bool_()),
             pa.array(enriched["stage"], pa.string()),
-            pa.array(self.session_ids, pa.string()),
+            _array(self.session_ids, pa.string()),
             geo_column("country"),
             geo_column("region"),
             geo_column("city"),
             geo_column("lat"),
             geo_column("lon"),
-            pa.array(record["shard_id"], pa.string()),
+            _array(record["shard_id"], pa.string()),
             pa.array(record["sequence_number"], pa.string()),
             pa.array(record["sub_sequence_number"], pa.int32()),
             _milliseconds(record["arrival_time"]),
             pa.array(record["line"], pa.binary()),
         ]
         return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+
+
+def _array(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """`pa.array(values, kind)`, but a column of one repeated value (the shard, the log format,
+    a field nobody logs) is built from that value alone: ~3 ns a row instead of ~25."""
+    if values and values.count(values[0]) == len(values):
+        return pa.repeat(pa.scalar(values[0], kind), len(values))
+    return pa.array(values, kind)
 
 
 def _rewritten(column: pa.ChunkedArray, rewrite: Callable[[Any], Any]) -> pa.Array:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers import parse
+from consumers import archive_format, parse
 from consumers.archive_format import EventColumns, IpPrivacy, rejects_table
 from consumers.counters import ShardState
 from consumers.decode import _decode_one_by_one, _envelopes, decode_record, split_envelope
@@ -310,3 +310,20 @@ def test_parse_batch_when_memos_are_cleared_midway_or_cannot_hold_a_piece(
         monkeypatch.setattr(parse, name, {})
     monkeypatch.setattr(parse, "_CACHE_LIMIT", 3)
     assert parse_batch(lines).results(len(lines)) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (["shardId-1"] * 5, pa.string()),
+        ([None] * 4, pa.string()),
+        (["a", "a", None], pa.string()),
+        ([], pa.string()),
+        ([0, 0, 0], pa.int16()),
+        ([60, 0], pa.int16()),
+    ],
+)
+def test_array_of_a_repeated_value_is_pa_array(values: list[object], kind: pa.DataType) -> None:
+    built = archive_format._array(values, kind)
+    assert built.type == kind
+    assert built.equals(pa.array(values, kind))
