@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/processing_path.py [FILE] [--lines N] [--seed S] [--flush F]
                                               [--chunk-mb M] [--no-goaccess] [--gc-freeze]
+                                              [--gc-threshold G0,G1,G2] [--slice N]
+
+As the service runs (service/process_tuning.py): `--gc-freeze --gc-threshold 50000,20,100`.
 
 The issue's figure: decode -> parse -> enrich -> state -> archive encoding on a 1,000,000-line
 simulated log must reach >= 150,000 lines/s on one core, and >= 4x GoAccess's lines/s on the
@@ -16,11 +19,14 @@ What runs, single thread, in process, as the consumer will run it:
    IP as the agent routes them (records of up to 1 MiB, a few thousand lines each), and spooled
    to a temporary file; the builder is then dropped (in the service it is another process) and
    the records are read back one at a time, untimed;
-2. per Kinesis record, alternating between the shards: `decode_record` (deaggregation and the
-   envelope split), `parse_lines`, `Enricher.enrich_batch` (geo from the embedded database
-   behind `ReloadingGeoLocator`, as the service runs it), `ShardState.add` / `add_rejected`
-   per line (one state per shard; sequence numbers are Kinesis-shaped 56-digit strings), and
-   `EventColumns.extend` (the archive sink's `add_batch`);
+2. per Kinesis record, alternating between the shards, the steps of
+   `ShardProcessor.process_records`, which work on the record's lines as columns:
+   `decode_record` (deaggregation and the envelope split), `parse_batch`,
+   `Enricher.enrich_columns` (geo from the embedded database behind `ReloadingGeoLocator`, as
+   the service runs it), `count_in_shard_order` (the state step: one state per shard, sequence
+   numbers Kinesis-shaped 56-digit strings), and `EventColumns.extend_columns` (the archive
+   sink's `add_columns`; every 8,192 rows it turns its lists into Arrow, so "archive add"
+   includes most of the Arrow conversion);
 3. per `--flush` events of a shard (a checkpoint's worth): `EventColumns.table`,
    `split_by_hour` and `parquet_bytes` (zstd) per hour, the bytes dropped.
 
