@@ -1,11 +1,12 @@
-"""Several `clickstream consume` workers on one stream, as ECS runs several containers: real
+"""Several consumer workers on one stream, as ECS runs several containers: real
 processes sharing the KCL-format lease table on moto (kinesalite for Kinesis where the stream is
 resharded), fed by `clickstream agent`.
 
 - Three workers on an 8-shard stream spread the leases 3/3/2; `kill -9` of one: its shards are
-  taken within the failover time plus one take interval; a fourth worker gets a fair share by
-  stealing. Through all of it, a simulated run ends with archive rows unique by event id, every
-  worker's (fleet) summary equal to the ground truth, and CloudWatch's page views too.
+  taken within the failover time plus one take interval; a fourth worker, a `clickstream serve`
+  (whose `/api/summary` is then checked too), gets a fair share by stealing. Through all of it,
+  a simulated run ends with archive rows unique by event id, every worker's (fleet) summary
+  equal to the ground truth, and CloudWatch's page views too.
 - A split and a merge while two workers read: no record missing, no child read before every
   parent ended (from the lease table's history and from the workers' logs).
 - No shard is processed by two workers at once: each worker logs when it starts and stops
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import pytest
 
 from consumers.leases import Checkpoint, Lease, LeaseTable
@@ -71,13 +73,17 @@ def scale_out_env(tmp_path: Path, shards: int) -> dict[str, str]:
 
 @dataclass
 class Worker:
-    """One `clickstream consume --summary-every 1` process; stdout and stderr in files."""
+    """One `clickstream consume --summary-every 1` process (stdout and stderr in files), or,
+    with `serve`, one `clickstream serve --port 0` whose summary is its `GET /api/summary`."""
 
     name: str
     env: dict[str, str]
     directory: Path
+    serve: bool = False
     proc: subprocess.Popen[bytes] | None = None
     killed_at: float | None = None
+    url: str | None = None
+    served: dict[str, Any] | None = None
     files: list[IO[bytes]] = field(default_factory=list)
 
     @property
@@ -91,12 +97,21 @@ class Worker:
     def start(self) -> Worker:
         out, err = self.out_path.open("wb"), self.log_path.open("wb")
         self.files = [out, err]
+        command = ["serve", "--port", "0"] if self.serve else ["consume", "--summary-every", "1"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "consume", "--summary-every", "1"],
+            [sys.executable, "-m", "service.cli", *command],
             cwd=REPO, env={**self.env, "CLICKSTREAM_WORKER_ID": self.name},
             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
         )  # fmt: skip
         return self
+
+    def service_url(self) -> str | None:
+        """`serve` prints SERVICE_URL=... once it listens."""
+        if self.url is None:
+            for line in self.out_path.read_text().splitlines():
+                if line.startswith("SERVICE_URL="):
+                    self.url = line.removeprefix("SERVICE_URL=").strip().rstrip("/")
+        return self.url
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -117,6 +132,15 @@ class Worker:
                 file.close()
 
     def last_summary(self) -> dict[str, Any] | None:
+        if self.serve:
+            url = self.service_url()
+            if url is None:
+                return None
+            with contextlib.suppress(httpx.HTTPError):
+                answer = httpx.get(f"{url}/api/summary", params={"window": "24h"}, timeout=10)
+                if answer.status_code == 200:
+                    self.served = answer.json()
+            return self.served  # once stopped: the last one it answered
         lines = self.out_path.read_bytes().splitlines()
         for line in reversed(lines):
             with contextlib.suppress(ValueError):
@@ -324,7 +348,7 @@ async def test_three_workers_share_8_shards_survive_a_kill_and_a_newcomer_steals
             with live.open("ab") as out:
                 out.writelines(lines[third : 2 * third])
             await asyncio.to_thread(ship, live, env, tmp_path)
-            newcomer = Worker("worker-4", env, tmp_path).start()
+            newcomer = Worker("worker-4", env, tmp_path, serve=True).start()
             workers.append(newcomer)
             live_names = [w.name for w in workers if w is not victim]
             figures["steal_s"] = await wait_until(
