@@ -231,8 +231,9 @@ def parse_batch(lines: Sequence[bytes]) -> ParsedBatch:
             slow.append(i)
     requests = _filled(requests, request_lines, _requests, _request_fields)
     referers, agents = parts[3::7], parts[5::7]
-    methods, paths, queries, protocols = map(list, zip(*requests, strict=True))
-    statuses, bytes_sent = map(list, zip(*sizes, strict=True))
+    # Transposed by one C-level getter per field (faster than `zip(*rows)` over thousands).
+    methods, paths, queries, protocols = (list(map(get, requests)) for get in _GET_FIELD[:4])
+    statuses, bytes_sent = (list(map(get, sizes)) for get in _GET_FIELD[:2])
     columns: list[list[Any]] = [
         *head_columns,
         methods,
@@ -384,11 +385,10 @@ def _head_columns(heads: list[str], slow: list[int]) -> list[list[Any]]:
             head = _NO_HEAD
         ips[i], idents[i], users[i] = head[:3]
         whens[i] = head[3:]  # type: ignore[assignment]
-    return [ips, idents, users, list(map(_first, whens)), list(map(_second, whens))]
+    return [ips, idents, users, list(map(_GET_FIELD[0], whens)), list(map(_GET_FIELD[1], whens))]
 
 
-_first: Final = itemgetter(0)
-_second: Final = itemgetter(1)
+_GET_FIELD: Final = tuple(itemgetter(i) for i in range(4))
 _NO_HEAD: Final[_Head] = ("", None, None, 0.0, 0)
 
 
