@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 import aws_kinesis_agg
@@ -55,6 +55,7 @@ SYNTHETIC_PREFIX: Final[str] = "kinesis:"
 _new_user_record: Final[Callable[..., UserRecord]] = fast_constructor(UserRecord)
 _MutableUserRecord: Final = mutable_twin(UserRecord)  # see consumers.models.fast_constructor
 _data_of: Final = attrgetter("data")
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def synthetic_event_id(shard_id: str, sequence_number: str, sub_sequence_number: int) -> str:
@@ -134,15 +135,16 @@ digits after it (a newline inside an id is still a separator here, so an id can 
 accepted as a run of well-formed pieces, which is well-formed itself)."""
 
 
-def _envelopes(payloads: list[bytes]) -> tuple[list[str], tuple[bytes, ...]] | None:
+def _envelopes(payloads: list[bytes]) -> tuple[list[str], list[bytes]] | None:
     """(event ids, lines) of `payloads` when every one is an agent envelope (the rule of
     `split_envelope`), else None. Checked for all the payloads at once, in C: one partition per
     payload, one regex match and one UTF-8 decode for the record."""
     if not payloads:
-        return [], ()
-    ids, tabs, lines = zip(*map(bytes.partition, payloads, repeat(b"\t")), strict=True)
-    if tabs.count(b"\t") != len(ids):
+        return [], []
+    parts = list(map(bytes.partition, payloads, repeat(b"\t")))
+    if list(map(_second, parts)).count(b"\t") != len(parts):
         return None
+    ids = list(map(_first, parts))
     joined = b"\n".join(ids)
     if _ENVELOPE_IDS.fullmatch(joined) is None:
         return None
@@ -150,7 +152,7 @@ def _envelopes(payloads: list[bytes]) -> tuple[list[str], tuple[bytes, ...]] | N
         texts = joined.decode().split("\n")
     except UnicodeDecodeError:
         return None
-    return (texts, lines) if len(texts) == len(ids) else None
+    return (texts, list(map(_third, parts))) if len(texts) == len(ids) else None
 
 
 def _decode_one_by_one(
