@@ -591,18 +591,27 @@ class HourPiece:
 
 def split_by_hour(table: pa.Table, time_column: str) -> list[HourPiece]:
     """The table cut into one piece per UTC hour of `time_column`, oldest hour first; row
-    order is kept inside each piece (the archive key relies on each piece's first row)."""
+    order is kept inside each piece (the archive key relies on each piece's first row).
+
+    An hour whose rows are contiguous (the usual case: a shard's lines come in time order) is
+    a zero-copy slice; only an hour interleaved with another (late lines) is copied out."""
     if table.num_rows == 0:
         return []
     hours = pc.divide(table.column(time_column).cast(pa.int64()), MS_PER_HOUR)
     distinct = sorted(pc.unique(hours).to_pylist())
     if len(distinct) == 1:
         return [HourPiece(distinct[0] * MS_PER_HOUR, 0, table)]
+    values, counts = pc.value_counts(hours).flatten()
+    rows_in = dict(zip(values.to_pylist(), counts.to_pylist(), strict=True))
     pieces = []
     for hour in distinct:
-        mask = pc.equal(hours, hour)
         first = pc.index(hours, hour).as_py()
-        pieces.append(HourPiece(hour * MS_PER_HOUR, first, table.filter(mask)))
+        rows = rows_in[hour]
+        if pc.all(pc.equal(hours.slice(first, rows), hour)).as_py():
+            piece = table.slice(first, rows)  # the hour's rows are contiguous: no copy
+        else:
+            piece = table.filter(pc.equal(hours, hour))
+        pieces.append(HourPiece(hour * MS_PER_HOUR, first, piece))
     return pieces
 
 

@@ -19,7 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers import archive_format, parse
-from consumers.archive_format import EventColumns, IpPrivacy, rejects_table
+from consumers.archive_format import (
+    MS_PER_HOUR,
+    EventColumns,
+    IpPrivacy,
+    rejects_table,
+    split_by_hour,
+)
 from consumers.counters import ShardState
 from consumers.decode import _decode_one_by_one, _envelopes, decode_record, split_envelope
 from consumers.enrich import Enricher
@@ -327,3 +333,22 @@ def test_array_of_a_repeated_value_is_pa_array(values: list[object], kind: pa.Da
     built = archive_format._array(values, kind)
     assert built.type == kind
     assert built.equals(pa.array(values, kind))
+
+
+def test_split_by_hour_slices_contiguous_hours_and_filters_interleaved_ones() -> None:
+    base = 1_763_700_000_000 - 1_763_700_000_000 % MS_PER_HOUR
+    offsets = [0, 10, 3_600_000, 3_600_010, 7_200_000, 3_600_020, 7_200_010]
+    table = pa.table(
+        {
+            "event_time": pa.array([base + o for o in offsets], pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "row": list(range(len(offsets))),
+        }
+    )
+    pieces = split_by_hour(table, "event_time")
+    assert [(p.hour_start_ms - base) // MS_PER_HOUR for p in pieces] == [0, 1, 2]
+    assert [p.first_row for p in pieces] == [0, 2, 4]
+    assert [p.table.column("row").to_pylist() for p in pieces] == [[0, 1], [2, 3, 5], [4, 6]]
+    contiguous = split_by_hour(table.slice(0, 5), "event_time")
+    assert [p.table.column("row").to_pylist() for p in contiguous] == [[0, 1], [2, 3], [4]]
