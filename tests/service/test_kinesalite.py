@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,19 +28,24 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
+async def wait_active(kinesis: Any, stream: str) -> None:
+    """createStreamMs=0 makes a stream ACTIVE on kinesalite's next tick, not within the call, and
+    a stream still CREATING refuses records ("not found"); a loaded machine shows the gap."""
+    for _ in range(1000):
+        summary = (await kinesis.describe_stream_summary(StreamName=stream))[
+            "StreamDescriptionSummary"
+        ]
+        if summary["StreamStatus"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{stream} is still {summary['StreamStatus']}")
+
+
 async def test_create_stream_and_list_shards(kinesalite: str) -> None:
     async with aws_client("kinesis") as kinesis:
         assert kinesis.meta.endpoint_url == kinesalite
         await kinesis.create_stream(StreamName="probe", ShardCount=3)
-        # createStreamMs=0 makes it ACTIVE on kinesalite's next tick (not within the call).
-        for _ in range(200):
-            summary = (await kinesis.describe_stream_summary(StreamName="probe"))[
-                "StreamDescriptionSummary"
-            ]
-            if summary["StreamStatus"] == "ACTIVE":
-                break
-            await asyncio.sleep(0.01)
-        assert summary["StreamStatus"] == "ACTIVE"
+        await wait_active(kinesis, "probe")
         shards = (await kinesis.list_shards(StreamName="probe"))["Shards"]
     assert [s["ShardId"] for s in shards] == [
         "shardId-000000000000",
@@ -86,6 +92,7 @@ async def test_factory_persists_streams_across_restarts(
     monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", f"http://127.0.0.1:{first.value}")
     async with aws_client("kinesis") as kinesis:
         await kinesis.create_stream(StreamName="durable", ShardCount=1)
+        await wait_active(kinesis, "durable")
         await kinesis.put_record(StreamName="durable", Data=b"kept", PartitionKey="k")
     assert first.stop() == 0
 
