@@ -474,8 +474,14 @@ class LeaseCoordinator:
         await asyncio.gather(self._renew_loop(), self._take_loop(list_shards))
 
     async def _renew_loop(self) -> None:
+        """Rounds start every `renew_every_s` on the clock, not that long after the previous
+        round ended: with a slow table (a loaded endpoint answering in a second) sleeping
+        after each round would stretch the period by the round's latency and fence every
+        lease although every renewal succeeded."""
+        due = self._clock() + self.config.renew_every_s
         while True:
-            await asyncio.sleep(self.config.renew_every_s)
+            await asyncio.sleep(max(0.0, due - self._clock()))
+            due = max(due + self.config.renew_every_s, self._clock())
             try:
                 await self.renew_leases()
             except Exception:

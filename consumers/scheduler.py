@@ -598,6 +598,10 @@ class ConsumerWorker:
                                 self.stats.last_record_at = time.monotonic()
                                 if processor.commit_due:
                                     await self._commit(processor)
+                                else:  # let renewals and the other shards run between slices
+                                    await asyncio.sleep(0)
+                                if processor.lease_is_lost:
+                                    return
                         elif isinstance(event, ShardEnded):
                             self._ending.add(processor.shard_id)
                             await processor.shard_ended(event, self.leases)
