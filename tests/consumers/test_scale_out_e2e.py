@@ -14,7 +14,7 @@ resharded), fed by `clickstream agent`.
   overlap across workers, and every snapshot of the lease table (scanned every 0.2 s) shows no
   child owned before its parents ended and no checkpoint moving backwards.
 
-Timings are shortened (failover 3 s) so the suite stays fast; the default run is 60,000 lines,
+Timings are shortened (failover 5 s) so the suite stays fast; the default run is 60,000 lines,
 the issue's 300,000 with CLICKSTREAM_FULL_ACCEPTANCE=1.
 """
 
@@ -57,11 +57,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FULL = os.environ.get("CLICKSTREAM_FULL_ACCEPTANCE") == "1"
 LINES = 300_000 if FULL else 60_000
-FAILOVER_S = 10.0 if FULL else 3.0
-"""Short for speed; the production default for the full run, whose load makes moto answer a
-lease write in up to two seconds (a lease whose take takes that long is fenced on arrival
-with a 3 s failover time: the failover time must dwarf the table's latency)."""
-TAKE_INTERVAL_S = FAILOVER_S / 2  # the coordinator's default: twice per failover time
+FAILOVER_S = 10.0 if FULL else 5.0
+"""Short for speed; the production default for the full run. Not shorter: a worker fences its
+leases a third of this after a renewal it could not make, and on a loaded 2-core machine
+(four workers, the agent and moto, the rest of the suite or other jobs beside them) a take
+answered in 2 s or a 1.5 s stall of a worker's loop made 3 s thrash: leases fenced, taken,
+fenced again."""
+TAKE_INTERVAL_S = FAILOVER_S / 2  # the coordinator's defaults: take twice and renew three
+RENEW_INTERVAL_S = FAILOVER_S / 3  # times per failover time
 LEASE_TABLE = "cafe-clickstream-leases"
 
 
@@ -70,7 +73,7 @@ def scale_out_env(tmp_path: Path, shards: int) -> dict[str, str]:
         **pipeline_env(tmp_path),
         "CLICKSTREAM_SHARDS": str(shards),
         "CLICKSTREAM_FAILOVER_SECONDS": str(FAILOVER_S),
-        "CLICKSTREAM_FLEET_REFRESH_SECONDS": "1",
+        "CLICKSTREAM_FLEET_REFRESH_SECONDS": "2",
     }
 
 
@@ -347,7 +350,7 @@ async def test_three_workers_share_8_shards_survive_a_kill_and_a_newcomer_steals
             # a second for a loaded 2-core machine. Never before the failover time (less the
             # renew interval: the last renewal came up to that long before the kill).
             bound = FAILOVER_S + 2 * TAKE_INTERVAL_S + 0.5
-            assert FAILOVER_S - 1.0 <= figures["failover_s"] <= bound, figures
+            assert FAILOVER_S - RENEW_INTERVAL_S <= figures["failover_s"] <= bound, figures
             figures["failover_s"] = round(figures["failover_s"], 1)
 
             with live.open("ab") as out:
