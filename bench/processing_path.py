@@ -220,8 +220,7 @@ def run_path(
                 column("forwarded_for"),
             )
             t3 = clock()
-            enriched_hits = enriched.objects(parsed.hits())
-            count_in_shard_order(shard.state, piece, enriched_hits, parsed.rejections)
+            count_in_shard_order(shard.state, piece, parsed, enriched)
             t4 = clock()
             accepted = [piece[i] for i in parsed.hit_rows] if parsed.rejections else piece
             shard.columns.extend_columns(
@@ -234,7 +233,7 @@ def run_path(
             cpu["archive add"] += t5 - t4
             hits += len(parsed)
             rejected += len(parsed.rejections)
-            del piece, parsed, enriched, accepted, enriched_hits
+            del piece, parsed, enriched, accepted
         del users
         if len(shard.columns) >= flush_every:
             flush(shard)

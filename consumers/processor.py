@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -38,11 +37,11 @@ from consumers.checkpoint import (
     published_by_markers,
 )
 from consumers.counters import CityKey, ShardState
-from consumers.enrich import Enricher
+from consumers.enrich import EnrichedColumns, Enricher
 from consumers.leases import SHARD_END, Checkpoint, Lease, LeaseTable
 from consumers.lineage import inherit, parse_hash_range
-from consumers.models import EnrichedHit, Rejection, UserRecord
-from consumers.parse import parse_batch
+from consumers.models import UserRecord
+from consumers.parse import ParsedBatch, parse_batch
 from consumers.reader import ReadBatch, ShardEnded
 from consumers.sessions import BotRule
 from consumers.sinks.cloudwatch import CloudWatchSink
@@ -74,28 +73,40 @@ _sub_sequence_of: Final = attrgetter("sub_sequence_number")
 def count_in_shard_order(
     state: ShardState,
     records: Sequence[UserRecord],
-    hits: Sequence[EnrichedHit],
-    rejections: Sequence[tuple[int, Rejection]],
+    parsed: ParsedBatch,
+    enriched: EnrichedColumns,
 ) -> None:
     """The state step for one batch, in shard order: the state's high-water mark follows every
-    record, hit or not. `hits` are the accepted records' hits in order, `rejections` the
-    (index in `records`, rejection) of the others.
+    record, hit or not (`parsed.rejections` are the others, by index in `records`).
 
-    Each run of hits between two rejections goes to `ShardState.add` through one C-level
-    `map`, and a Kinesis record's sequence number (56 digits, shared by all its lines) is
+    Each run of hits between two rejected lines goes to `ShardState.add_columns` as slices of
+    the columns, so no `Hit` or `EnrichedHit` is built per line only for the state to read seven
+    fields back; and a Kinesis record's sequence number (56 digits, shared by all its lines) is
     turned into an int once rather than by the state once per line."""
     numbers = {text: int(text) for text in dict.fromkeys(map(_sequence_of, records))}
     sequences = list(map(numbers.__getitem__, map(_sequence_of, records)))
     subs = list(map(_sub_sequence_of, records))
-    add = state.add
+    columns = (
+        parsed.column("time"),
+        parsed.column("client_ip"),
+        enriched.visitor,
+        enriched.location,
+        enriched.is_bot,
+        enriched.page,
+        enriched.is_page_view,
+        enriched.stage,
+    )
+    add = state.add_columns
     row = hit = 0
-    for rejected, _ in rejections:
+    for rejected, _ in parsed.rejections:
         run = rejected - row
-        deque(map(add, hits[hit : hit + run], sequences[row:rejected], subs[row:rejected]), 0)
+        if run:
+            add(sequences[row:rejected], subs[row:rejected], *[c[hit : hit + run] for c in columns])
         state.add_rejected(sequences[rejected], subs[rejected])
         hit += run
         row = rejected + 1
-    deque(map(add, hits[hit:], sequences[row:], subs[row:]), 0)
+    if row < len(records):
+        add(sequences[row:], subs[row:], *(columns if not hit else [c[hit:] for c in columns]))
 
 
 class ShardProcessor:
@@ -217,8 +228,8 @@ class ShardProcessor:
         """Count and archive one batch; `commit_due` says whether to commit now.
 
         The batch flows in columns (`consumers.parse.ParsedBatch`,
-        `consumers.enrich.EnrichedColumns`): the archive appends them as they are, and only
-        the state step gets one `EnrichedHit` per hit, because that is its interface."""
+        `consumers.enrich.EnrichedColumns`): the state counts them (`count_in_shard_order`)
+        and the archive appends them as they are; no object is built per line."""
         self.stats.millis_behind_latest = batch.millis_behind_latest
         records = self._unseen(batch.records)
         if records:
@@ -232,16 +243,15 @@ class ShardProcessor:
                 column("status"),
                 column("forwarded_for"),
             )
-            hits = enriched.objects(parsed.hits())
-            count_in_shard_order(self.state, records, hits, parsed.rejections)
+            count_in_shard_order(self.state, records, parsed, enriched)
             archive = self._archive
             for row, rejection in parsed.rejections:
                 archive.add_rejected(records[row], rejection)
             hit_records = [records[i] for i in parsed.hit_rows] if parsed.rejections else records
             archive.add_columns(
-                hit_records, parsed.columns, enriched.by_name(), [_NO_SESSION] * len(hits)
+                hit_records, parsed.columns, enriched.by_name(), [_NO_SESSION] * len(parsed)
             )
-            self.stats.hits += len(hits)
+            self.stats.hits += len(parsed)
             self.stats.rejected += len(parsed.rejections)
             self.stats.records += len(records)
         self.position = batch.position

@@ -33,7 +33,7 @@ from consumers.geo.locator import GeoLocator
 from consumers.leases import Checkpoint, Lease, LeaseTable
 from consumers.models import EnrichedHit, Hit, Rejection, UserRecord
 from consumers.parse import parse_batch, parse_lines
-from consumers.processor import ShardProcessor
+from consumers.processor import ShardProcessor, count_in_shard_order
 from consumers.reader import ReadBatch
 from consumers.sinks.s3_archive import S3ArchiveSink
 from consumers.snapshots import SnapshotStore
@@ -352,3 +352,35 @@ def test_split_by_hour_slices_contiguous_hours_and_filters_interleaved_ones() ->
     assert [p.table.column("row").to_pylist() for p in pieces] == [[0, 1], [2, 3, 5], [4, 6]]
     contiguous = split_by_hour(table.slice(0, 5), "event_time")
     assert [p.table.column("row").to_pylist() for p in contiguous] == [[0, 1], [2, 3], [4]]
+
+
+def test_add_columns_counts_as_add_does(enricher: Enricher, simulated_lines: list[bytes]) -> None:
+    """`ShardState.add_columns` against one `add` per hit, replays and late hits included:
+    the same snapshot, the same high-water mark, the same lifetime figures."""
+    batches = kinesis_batches(simulated_lines, 700, 1)
+    replayed = [batches[0], *batches[:3], batches[1], *batches[3:]]  # a re-read, then more
+    by_add, by_columns = ShardState(SHARD), ShardState(SHARD)
+    for batch in replayed:
+        records = batch.records
+        parsed = parse_batch([record.line for record in records])
+        column = parsed.column
+        enriched = enricher.enrich_columns(
+            column("client_ip"),
+            column("user_agent"),
+            column("path"),
+            column("method"),
+            column("status"),
+            column("forwarded_for"),
+        )
+        count_in_shard_order(by_columns, records, parsed, enriched)
+        hits = iter(enriched.objects(parsed.hits()))
+        rejected = dict(parsed.rejections)
+        for row, record in enumerate(records):
+            if row in rejected:
+                by_add.add_rejected(record.sequence_number, record.sub_sequence_number)
+            else:
+                by_add.add(next(hits), record.sequence_number, record.sub_sequence_number)
+    assert to_bytes(by_columns) == to_bytes(by_add)
+    assert by_columns.high_water == by_add.high_water
+    assert by_columns.stats == by_add.stats
+    assert by_columns.stats.replays_skipped > 0
