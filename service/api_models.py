@@ -71,6 +71,28 @@ class Pipeline(BaseModel):
     millis_behind_latest: int = Field(description="the furthest-behind shard's lag")
 
 
+class ShardSnapshotSource(BaseModel):
+    owner: str | None = Field(description="the worker holding the shard")
+    checkpoint: str = Field(description="the checkpoint whose state snapshot was read")
+    age_s: float = Field(description="seconds since the snapshot was read")
+
+
+class Fleet(BaseModel):
+    """Where this summary's numbers come from: every worker's summary counts the whole
+    fleet's shards (a visitor stays on one shard, so per-shard distinct counts add up)."""
+
+    scope: Literal["fleet"]
+    worker_id: str = Field(description="the worker that answered")
+    local: list[str] = Field(description="shards processed by this worker, to the last record")
+    snapshots: dict[str, ShardSnapshotSource] = Field(
+        description="shards held by other workers, counted from their last committed snapshot"
+    )
+    ended: list[str] = Field(description="shards read to their end (resharded), by anyone")
+    missing: list[str] = Field(
+        description="shards another worker holds and has not committed yet: not in these numbers"
+    )
+
+
 class Summary(BaseModel):
     """Counts for the window ending with the newest event minute any shard has seen."""
 
@@ -84,6 +106,7 @@ class Summary(BaseModel):
     countries: list[CountryRow]
     trend: list[TrendPoint] = Field(description="page views per minute, oldest first")
     pipeline: Pipeline
+    fleet: Fleet | None = Field(None, description="which shards are counted, and from where")
 
 
 class CheckResult(BaseModel):

@@ -34,7 +34,7 @@ from consumers.counters import FIELD_MASK, ShardState
 from consumers.enrich import Enricher
 from consumers.geo.locator import Location, city_catalog_path
 from consumers.geo.reloading import ReloadingGeoLocator
-from consumers.scheduler import ConsumerWorker, WorkerConfig
+from consumers.scheduler import ConsumerWorker, LeaseReport, WorkerConfig
 from consumers.windows import minute_start, window_first_minute, window_minutes
 from service.aws import aws_client
 from service.call_watch import CallWatch, OperationHealth
@@ -74,6 +74,8 @@ class ConsumerStatus:
     operations: dict[tuple[str, str], OperationHealth]
     last_fetches: dict[str, float]
     stopped_cleanly: bool
+    leases: LeaseReport | None = None
+    """The lease coordinator's view (held, pending, counters, health); None before the worker."""
 
 
 class PlaceCoordinates:
@@ -179,6 +181,7 @@ class ConsumerThread:
             operations=self.calls.operations(),
             last_fetches=self.calls.last_fetches(),
             stopped_cleanly=self.stopped_cleanly,
+            leases=worker.lease_report if worker is not None else None,
         )
 
     # ---- queries (run on the worker's loop through `call`) ------------------------------------

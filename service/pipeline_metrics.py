@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumers.counters import OTHER
+from consumers.scheduler import LeaseReport
 from service.consumer_process import ConsumerProcess
 
 WINDOW_FIELDS = ("page_views", "visitors", "menu_viewers", "purchasers", "rejected_lines")
@@ -70,6 +71,7 @@ class PipelineCollector(Collector):
         for shard, millis in sorted(status.shards.items()):
             behind.add_metric([shard], float(millis))
         yield behind
+        yield from self._leases(status.leases)
         now = self._clock()
         age = GaugeMetricFamily(
             "clickstream_consumer_seconds_since_fetch",
@@ -80,6 +82,30 @@ class PipelineCollector(Collector):
             if shard in status.last_fetches:
                 age.add_metric([shard], now - status.last_fetches[shard])
         yield age
+
+    def _leases(self, report: LeaseReport | None) -> Iterator[Any]:
+        """The lease coordinator's figures (issue #6): one series each, no per-shard labels
+        beyond the shards this worker holds."""
+        if report is None:
+            return
+        healthy = GaugeMetricFamily(
+            "clickstream_leases_healthy", "1 while the lease table answers and no lease is fenced"
+        )
+        healthy.add_metric([], 1.0 if report.healthy else 0.0)
+        yield healthy
+        held = GaugeMetricFamily("clickstream_leases_held", "Leases this worker holds")
+        held.add_metric([], float(report.stats.held))
+        yield held
+        for field, doc in (
+            ("taken", "Unowned or expired leases taken"),
+            ("stolen", "Leases stolen from other workers for a fair share"),
+            ("lost", "Leases lost to another worker or fenced"),
+            ("evicted", "Leases given up on a graceful stop"),
+            ("renew_errors", "Lease renewals that failed (table unreachable)"),
+        ):
+            counter = CounterMetricFamily(f"clickstream_leases_{field}", doc)
+            counter.add_metric([], float(getattr(report.stats, field)))
+            yield counter
 
     def _calls(self) -> Iterator[Any]:
         calls = CounterMetricFamily(

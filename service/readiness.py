@@ -87,6 +87,7 @@ class Readiness:
             self._geo_check(),
             *await self._aws_checks(now),
             self._shards_check(now),
+            self._leases_check(),
             self._sink_check("archive", ARCHIVE_OPERATION, now),
             *([self._sink_check("metrics", METRICS_OPERATION, now)] if self._metrics else []),
         ]
@@ -145,6 +146,22 @@ class Readiness:
         except (BotoCoreError, OSError, TimeoutError) as exc:
             return Check(f"aws.{name}", False, f"{endpoint} unreachable: {exc}")
         return Check(f"aws.{name}", True, f"{endpoint} reachable")
+
+    def _leases_check(self) -> Check:
+        """Lease health (`ConsumerWorker.leases_healthy`): the table answers and every lease
+        held is inside its fence. Unhealthy, this worker may be doing work another will redo."""
+        status = self.consumer.status
+        report = status.leases if status is not None else None
+        if report is None:
+            return Check("leases", False, "no lease round yet")
+        stats = report.stats
+        detail = (
+            f"{len(report.held)} held, {len(report.pending)} pending; taken {stats.taken}, "
+            f"stolen {stats.stolen}, lost {stats.lost}, renewal errors {stats.renew_errors}"
+        )
+        if not report.healthy:
+            return Check("leases", False, f"lease table unreachable or leases fenced: {detail}")
+        return Check("leases", True, detail)
 
     def _shards_check(self, now: float) -> Check:
         status = self.consumer.status

@@ -112,7 +112,13 @@ def test_summary_equals_the_ground_truth_and_fits_its_schema(
     answer = client.get("/api/summary", params={"window": "24h"})
     assert answer.status_code == 200
     body = answer.json()
-    Summary.model_validate(body)  # the documented schema
+    summary = Summary.model_validate(body)  # the documented schema
+    assert summary.fleet is not None and summary.fleet.scope == "fleet"
+    assert len(summary.fleet.local) == 2 and not summary.fleet.missing  # one worker, both shards
+    assert (
+        "fleet"
+        in client.get("/openapi.json").json()["components"]["schemas"]["Summary"]["properties"]
+    )
     assert {k: body["totals"][k] for k in TOTAL_FIELDS} == {
         k: truth["totals"][k] for k in TOTAL_FIELDS
     }
@@ -173,9 +179,8 @@ def test_health_readiness_and_metrics_of_a_working_service(
     report = ReadinessReport.model_validate(ready.json())
     assert ready.status_code == 200, report.reasons
     assert report.ready and not report.reasons
-    assert {"consumer", "geo", "aws.kinesis", "aws.s3", "aws.dynamodb", "shards", "archive"} <= set(
-        report.checks
-    )
+    expected = {"consumer", "geo", "aws.kinesis", "aws.s3", "aws.dynamodb", "shards", "leases"}
+    assert expected | {"archive"} <= set(report.checks)
 
     def scraped() -> str | None:
         """/metrics once it shows a pushed summary and the consumer's status after the count
@@ -198,6 +203,10 @@ def test_health_readiness_and_metrics_of_a_working_service(
     # Bounded cardinality: the top 3 cities (CLICKSTREAM_TOP_CITIES) and "Other", no addresses.
     assert len(re.findall(r"^clickstream_city_visitors\{", text, re.M)) == 4
     assert 'city="Other"' in text
+    # The lease coordinator's figures: this single worker holds both shards, healthily.
+    assert re.search(r"^clickstream_leases_healthy 1\.0$", text, re.M)
+    assert re.search(r"^clickstream_leases_held 2\.0$", text, re.M)
+    assert re.search(r"^clickstream_leases_taken_total [1-9]", text, re.M)
     assert not re.search(
         r"\d+\.\d+\.\d+\.\d+|[0-9a-f]{1,4}:[0-9a-f]{1,4}:", text.replace("e+0", "")
     )
