@@ -394,7 +394,8 @@ _NO_HEAD: Final[_Head] = ("", None, None, 0.0, 0)
 
 def _parse_head(head: str) -> _Head | None:
     """The fields before a combined line's request (`'host ident user [dd/Mon/yyyy:HH:MM:SS
-    +zzzz] '`), under exactly the fast path's rules (`_parse_combined_quickly`)."""
+    +zzzz] '`): one rule for the line-at-a-time fast path (`_parse_combined_quickly`) and the
+    batch path, so both accept exactly the same heads."""
     sp = head.find(" ")
     if sp <= 0 or head[-2:] != "] " or head[-30:-28] != " [":
         return None
@@ -410,6 +411,7 @@ def _parse_head(head: str) -> _Head | None:
     if identity == "- -":
         ident = user = None
     else:
+        # A '[' can make the careful path see the time field start earlier: let it decide.
         words = identity.split(" ")
         if len(words) != 2 or not words[0] or not words[1] or "[" in identity:
             return None
@@ -439,28 +441,10 @@ def _parse_combined_quickly(s: str) -> Hit | None:
         parts = s.split('"')
     if len(parts) != 7 or parts[4] != " " or parts[6]:
         return None
-    head = parts[0]  # 'host ident user [dd/Mon/yyyy:HH:MM:SS +zzzz] '
-    sp = head.find(" ")
-    if sp <= 0 or head[-2:] != "] " or head[-30:-28] != " [":
+    fields = _parse_head(parts[0])  # 'host ident user [dd/Mon/yyyy:HH:MM:SS +zzzz] '
+    if fields is None:
         return None
-    client_ip = _addresses.get(head[:sp])
-    if client_ip is None:
-        client_ip = _canonical_address(head[:sp])
-    when = _apache_stamps.get(head[-28:-2])
-    if when is None:
-        when = _apache_time(head[-28:-2])
-    if not client_ip or when is None:
-        return None
-    identity = head[sp + 1 : -30]
-    if identity == "- -":
-        ident = user = None
-    else:
-        # A '[' can make the careful path see the time field start earlier: let it decide.
-        words = identity.split(" ")
-        if len(words) != 2 or not words[0] or not words[1] or "[" in identity:
-            return None
-        ident = None if words[0] == "-" else words[0]
-        user = None if words[1] == "-" else words[1]
+    client_ip, ident, user, time, utc_offset_minutes = fields
     status_and_size = _status_sizes.get(parts[2])
     if status_and_size is None:
         status_and_size = _parse_status_and_size(parts[2])
@@ -471,7 +455,6 @@ def _parse_combined_quickly(s: str) -> Hit | None:
         request = _request_fields(parts[1])
     method, path, query, protocol = request
     status, bytes_sent = status_and_size
-    time, utc_offset_minutes = when
     referer = parts[3]
     user_agent = parts[5]
     hit = _MutableHit(
