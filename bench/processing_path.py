@@ -210,15 +210,7 @@ def run_path(
             t1 = clock()
             parsed = parse_batch([u.line for u in piece])
             t2 = clock()
-            column = parsed.column
-            enriched = enricher.enrich_columns(
-                column("client_ip"),
-                column("user_agent"),
-                column("path"),
-                column("method"),
-                column("status"),
-                column("forwarded_for"),
-            )
+            enriched = enricher.enrich_parsed(parsed)
             t3 = clock()
             count_in_shard_order(shard.state, piece, parsed, enriched)
             t4 = clock()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import add, is_not
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from consumers.bots import BotDetector
 from consumers.client_address import TrustedProxies
@@ -37,6 +37,9 @@ from consumers.models import (
     mutable_twin,
 )
 from consumers.pages import DEFAULT_SITE_RULES, PageClassifier, SiteRules
+
+if TYPE_CHECKING:
+    from consumers.parse import ParsedBatch
 
 new_enriched_hit: Final[Callable[..., EnrichedHit]] = fast_constructor(EnrichedHit)
 """`EnrichedHit(...)` with positional arguments in field order, at mutable-dataclass speed."""
@@ -126,6 +129,19 @@ class Enricher:
             else TrustedProxies(trusted_proxies)
         )
         self._stage_memo: dict[tuple[PageClass, str | None, int, bool], FunnelStage | None] = {}
+
+    def enrich_parsed(self, parsed: ParsedBatch) -> EnrichedColumns:
+        """`enrich_columns` of a parsed batch's hit columns: the one place that knows which
+        of the parser's columns enrichment reads."""
+        column = parsed.column
+        return self.enrich_columns(
+            column("client_ip"),
+            column("user_agent"),
+            column("path"),
+            column("method"),
+            column("status"),
+            column("forwarded_for"),
+        )
 
     def enrich_columns(
         self,

@@ -234,15 +234,7 @@ class ShardProcessor:
         records = self._unseen(batch.records)
         if records:
             parsed = parse_batch(list(map(_line_of, records)))
-            column = parsed.column
-            enriched = self._enricher.enrich_columns(
-                column("client_ip"),
-                column("user_agent"),
-                column("path"),
-                column("method"),
-                column("status"),
-                column("forwarded_for"),
-            )
+            enriched = self._enricher.enrich_parsed(parsed)
             count_in_shard_order(self.state, records, parsed, enriched)
             archive = self._archive
             for row, rejection in parsed.rejections:

@@ -101,15 +101,7 @@ def test_enrich_columns_answer_as_enrich_batch(lines: list[bytes]) -> None:
     for chosen in (enricher, Enricher(enricher.geo)):
         parsed = parse_batch(lines)
         hits = parsed.hits()
-        column = parsed.column
-        enriched = chosen.enrich_columns(
-            column("client_ip"),
-            column("user_agent"),
-            column("path"),
-            column("method"),
-            column("status"),
-            column("forwarded_for"),
-        )
+        enriched = chosen.enrich_parsed(parsed)
         assert enriched.objects(hits) == chosen.enrich_batch(hits)
 
 
@@ -219,15 +211,7 @@ def test_extend_columns_fills_the_table_extend_does(
 ) -> None:
     batch = kinesis_batches(simulated_lines[:900], 900, 1)[0]
     parsed = parse_batch([record.line for record in batch.records])
-    column = parsed.column
-    enriched = enricher.enrich_columns(
-        column("client_ip"),
-        column("user_agent"),
-        column("path"),
-        column("method"),
-        column("status"),
-        column("forwarded_for"),
-    )
+    enriched = enricher.enrich_parsed(parsed)
     records = [batch.records[i] for i in parsed.hit_rows]
     sessions = [None if i % 3 else f"s{i}" for i in range(len(records))]
     by_objects, by_columns = EventColumns(seal_rows=256), EventColumns(seal_rows=256)
@@ -363,15 +347,7 @@ def test_add_columns_counts_as_add_does(enricher: Enricher, simulated_lines: lis
     for batch in replayed:
         records = batch.records
         parsed = parse_batch([record.line for record in records])
-        column = parsed.column
-        enriched = enricher.enrich_columns(
-            column("client_ip"),
-            column("user_agent"),
-            column("path"),
-            column("method"),
-            column("status"),
-            column("forwarded_for"),
-        )
+        enriched = enricher.enrich_parsed(parsed)
         count_in_shard_order(by_columns, records, parsed, enriched)
         hits = iter(enriched.objects(parsed.hits()))
         rejected = dict(parsed.rejections)
