@@ -458,13 +458,9 @@ class ShardState:
 
     def _intern(self, hit: EnrichedHit) -> int:
         location = hit.location
-        name = (location.city, location.region, location.country)
-        place = self.place_index.get(name)
-        if place is None:
-            place = self.place_index[name] = len(self.places)
-            self.place_ids.append(place)
-            self.places.append((*name, location.continent))
-        return place
+        return self.intern_place(
+            (location.city, location.region, location.country, location.continent)
+        )
 
     def _increment_minute(self, minute: int) -> int:
         """Where an increment for `minute` goes: its own minute, unless that minute was already
